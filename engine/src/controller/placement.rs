@@ -1,0 +1,109 @@
+//! Placement: by learned memory, under the overcommit cap, spread by tenant and zone, towards
+//! nodes that already hold the version.
+
+use super::Controller;
+use super::state::NodeState;
+use crate::id::{AgentId, NodeId};
+use crate::postmortem::Candidate;
+
+/// Candidates kept in the timeline to explain a placement.
+const EXPLAINED_CANDIDATES: usize = 3;
+const INELIGIBLE: i64 = i64::MIN;
+
+impl Controller {
+    /// The best node for `id`, with the top candidates and their scores; `None` when no node
+    /// can take it without breaking a constraint.
+    pub(super) fn choose_node(
+        &mut self,
+        id: AgentId,
+        avoid: Option<NodeId>,
+    ) -> Option<(NodeId, Vec<Candidate>)> {
+        let mut scores = std::mem::take(&mut self.scores);
+        let mut zone_penalties = std::mem::take(&mut self.zone_penalties);
+        let agent = self
+            .agent_ref(id)
+            .expect("invariant: only desired agents are placed");
+        let spec = &agent.spec;
+        let (limit, reservation, version) = (
+            spec.memory_bytes_limit,
+            agent.reservation_bytes,
+            agent.spec.version,
+        );
+        let policy = &self.config.placement;
+        let max_starts = policy.max_starts_per_node;
+
+        // Tenant spread by zone: a small table, filled for this tenant and cleared afterwards.
+        let spread = self.tenants.get(spec.tenant);
+        if let Some(spread) = spread {
+            for &(zone, count) in &spread.zones {
+                zone_penalties[zone.index()] = i64::from(count) * policy.penalty_same_tenant_zone;
+            }
+        }
+
+        scores.clear();
+        scores.reserve(self.nodes.len());
+        for node in &self.nodes {
+            let score = match node {
+                Some(node) if node.state == NodeState::Ready => {
+                    let expected = node.reserved_bytes.max(node.used_bytes) + reservation;
+                    let fits = node.committed_bytes + limit <= node.cap_bytes
+                        && expected <= node.stop_placing_bytes
+                        && node.starting < max_starts
+                        && (spec.allowed_zones.is_empty()
+                            || spec.allowed_zones.contains(&node.spec.zone));
+                    if fits {
+                        let capacity = node.spec.memory_bytes_capacity;
+                        let headroom_permille =
+                            ((capacity - expected.min(capacity)) * 1000 / capacity) as i64;
+                        let mut score = policy.weight_headroom * headroom_permille
+                            - zone_penalties[node.spec.zone.index()];
+                        if node.has_version(version) {
+                            score += policy.bonus_version_cached;
+                        }
+                        if Some(node.spec.id) == avoid {
+                            score -= policy.penalty_avoided_node;
+                        }
+                        score
+                    } else {
+                        INELIGIBLE
+                    }
+                }
+                _ => INELIGIBLE,
+            };
+            scores.push(score);
+        }
+
+        if let Some(spread) = spread {
+            for &(zone, _) in &spread.zones {
+                zone_penalties[zone.index()] = 0;
+            }
+            for &(node, count) in &spread.nodes {
+                let score = &mut scores[node.index()];
+                if *score != INELIGIBLE {
+                    *score -= i64::from(count) * policy.penalty_same_tenant_node;
+                }
+            }
+        }
+
+        // Top candidates: highest score, ties to the lowest node id.
+        let mut top: [Option<Candidate>; EXPLAINED_CANDIDATES] = [None; EXPLAINED_CANDIDATES];
+        for (index, &score) in scores.iter().enumerate() {
+            if score == INELIGIBLE {
+                continue;
+            }
+            let candidate = Candidate {
+                node: NodeId(index as u32),
+                score,
+            };
+            let Some(slot) = top.iter().position(|c| c.is_none_or(|c| score > c.score)) else {
+                continue;
+            };
+            top.copy_within(slot..EXPLAINED_CANDIDATES - 1, slot + 1);
+            top[slot] = Some(candidate);
+        }
+        self.scores = scores;
+        self.zone_penalties = zone_penalties;
+        let best = top[0]?;
+        Some((best.node, top.into_iter().flatten().collect()))
+    }
+}

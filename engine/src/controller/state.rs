@@ -1,0 +1,235 @@
+//! What the controller remembers about each agent and node.
+
+use crate::command::StartReason;
+use crate::id::{AgentId, CommandId, Instance, NodeId, RolloutId, SnapshotId, Version};
+use crate::postmortem::{Cause, MemoryPoint, Rung, Timeline};
+use crate::spec::{AgentSpec, NodeSpec};
+use crate::time::Millis;
+
+/// Memory samples kept per agent for post-mortems.
+pub(crate) const MEMORY_HISTORY: usize = 8;
+/// Versions a node remembers having pulled, most recent first.
+pub(crate) const VERSION_CACHE: usize = 4;
+
+#[derive(Debug)]
+pub(crate) struct Agent {
+    pub spec: AgentSpec,
+    /// Longest dependency chain below this agent; lower depths start first.
+    pub depth: u16,
+    pub phase: Phase,
+    /// The newest instance issued (live or not).
+    pub instance: Instance,
+    /// The node holding the current instance's pod, while it holds one.
+    pub node: Option<NodeId>,
+    /// Version the current instance runs.
+    pub version: Version,
+    pub incident: Option<Incident>,
+    pub reservation_bytes: u64,
+    pub reservation_updated_at: Millis,
+    pub memory: MemoryTrack,
+    pub snapshots: Snapshots,
+    pub healthy_since: Option<Millis>,
+    /// The deadline the current phase must be left by (recovery under a deadline).
+    pub deadline: Option<Millis>,
+    /// Bumped on each phase change; a timer from an older phase is void.
+    pub generation: u32,
+    pub timeline: Option<Box<Timeline>>,
+    pub history: MemoryHistory,
+    pub throttled: bool,
+    /// Holds one of the fleet's and its node's start slots.
+    pub counted_starting: bool,
+    pub rollout: Option<RolloutId>,
+}
+
+/// Where the agent is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Waiting for a node, a dependency or the start budget.
+    Queued {
+        launch: Launch,
+        sequence: u64,
+    },
+    /// A start was issued; waiting for the first healthy probe.
+    Starting {
+        command: CommandId,
+    },
+    Running,
+    /// Rung 1: the node-side supervisor is restarting it in place.
+    Restarting,
+    /// A stop was issued; `then` follows once it completes.
+    Stopping {
+        command: CommandId,
+        then: AfterStop,
+    },
+    /// Given up on; a critical alert was raised.
+    Parked,
+}
+
+/// How the next instance will be started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Launch {
+    pub reason: StartReason,
+    pub version: Version,
+    pub source: SnapshotSource,
+    /// A node to keep away from if any other will do.
+    pub avoid: Option<NodeId>,
+}
+
+/// Which state directory the next instance starts from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SnapshotSource {
+    /// A fresh agent: nothing to restore.
+    Empty,
+    /// The newest snapshot: state intact.
+    Latest,
+    /// The snapshot taken when the known-good version was marked.
+    KnownGood,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AfterStop {
+    Launch(Launch),
+    Park,
+    Remove,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Incident {
+    pub opened_at: Millis,
+    pub cause: Cause,
+    pub rung: Rung,
+    /// Bit `n` set when rung `n` was tried.
+    pub rungs_tried: u8,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct MemoryTrack {
+    pub used_bytes: u64,
+    pub sampled_at: Millis,
+    /// Smoothed growth, bytes per minute; the fastest riser is moved first.
+    pub slope_bytes_per_min: i64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Snapshots {
+    /// The last id handed out.
+    pub issued: u32,
+    pub latest: Option<SnapshotId>,
+    pub known_good: Option<(Version, Option<SnapshotId>)>,
+}
+
+impl Snapshots {
+    pub(crate) fn allocate(&mut self) -> SnapshotId {
+        self.issued += 1;
+        SnapshotId(self.issued)
+    }
+}
+
+/// A ring of recent memory samples.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct MemoryHistory {
+    points: [(u64, u64); MEMORY_HISTORY],
+    next: u8,
+    len: u8,
+}
+
+impl MemoryHistory {
+    pub(crate) fn push(&mut self, at: Millis, memory_bytes: u64) {
+        self.points[usize::from(self.next)] = (at.0, memory_bytes);
+        self.next = ((usize::from(self.next) + 1) % MEMORY_HISTORY) as u8;
+        self.len = (usize::from(self.len) + 1).min(MEMORY_HISTORY) as u8;
+    }
+
+    pub(crate) fn to_vec(self) -> Vec<MemoryPoint> {
+        let len = usize::from(self.len);
+        let start = (usize::from(self.next) + MEMORY_HISTORY - len) % MEMORY_HISTORY;
+        (0..len)
+            .map(|k| {
+                let (at, memory_bytes) = self.points[(start + k) % MEMORY_HISTORY];
+                MemoryPoint {
+                    at: Millis(at),
+                    memory_bytes,
+                }
+            })
+            .collect()
+    }
+}
+
+impl Agent {
+    pub(crate) fn new(spec: AgentSpec, depth: u16, now: Millis) -> Agent {
+        let reservation_bytes = spec.memory_bytes_request.min(spec.memory_bytes_limit);
+        Agent {
+            version: spec.version,
+            spec,
+            depth,
+            phase: Phase::Parked,
+            instance: Instance(0),
+            node: None,
+            incident: None,
+            reservation_bytes,
+            reservation_updated_at: now,
+            memory: MemoryTrack::default(),
+            snapshots: Snapshots::default(),
+            healthy_since: None,
+            deadline: None,
+            generation: 0,
+            timeline: None,
+            history: MemoryHistory::default(),
+            throttled: false,
+            counted_starting: false,
+            rollout: None,
+        }
+    }
+
+    /// Alive or on its way up on a node: it holds that node's memory.
+    pub(crate) fn holds_node(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Starting { .. } | Phase::Running | Phase::Restarting | Phase::Stopping { .. }
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NodeState {
+    Ready,
+    Draining,
+    Lost,
+}
+
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub spec: NodeSpec,
+    pub state: NodeState,
+    /// Sum of limits may not exceed this (capacity × overcommit ratio).
+    pub cap_bytes: u64,
+    /// Reservations and observed usage above this stop placement.
+    pub stop_placing_bytes: u64,
+    pub migrate_bytes: u64,
+    pub evict_bytes: u64,
+    pub committed_bytes: u64,
+    pub reserved_bytes: u64,
+    pub used_bytes: u64,
+    pub starting: u16,
+    /// Agents whose pods are here, sorted by id.
+    pub agents: Vec<AgentId>,
+    pub versions: [Option<Version>; VERSION_CACHE],
+    pub last_heartbeat: Option<Millis>,
+    pub relieved_until: Millis,
+}
+
+impl Node {
+    pub(crate) fn has_version(&self, version: Version) -> bool {
+        self.versions.contains(&Some(version))
+    }
+
+    pub(crate) fn remember_version(&mut self, version: Version) {
+        let position = self
+            .versions
+            .iter()
+            .position(|v| *v == Some(version))
+            .unwrap_or(VERSION_CACHE - 1);
+        self.versions.copy_within(0..position, 1);
+        self.versions[0] = Some(version);
+    }
+}
