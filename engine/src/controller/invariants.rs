@@ -21,6 +21,12 @@ pub enum InvariantViolation {
         recorded: u64,
         actual: u64,
     },
+    #[error("{agent} is charged {charged} bytes on its node but its limit is {limit}")]
+    ChargeDrift {
+        agent: AgentId,
+        charged: u64,
+        limit: u64,
+    },
     #[error("{agent} is listed on {listed} but says it is on {claims:?}")]
     Misplaced {
         agent: AgentId,
@@ -72,7 +78,17 @@ impl Controller {
                         node: node_id,
                     });
                 }
-                committed += agent.spec.memory_bytes_limit;
+                // What the agent was charged: its limit, or, only while it is stopped to move,
+                // its old one (a bigger limit that did not fit here).
+                let moving = matches!(agent.phase, Phase::Stopping { .. });
+                if !moving && agent.committed_bytes != agent.spec.memory_bytes_limit {
+                    return Err(InvariantViolation::ChargeDrift {
+                        agent: agent_id,
+                        charged: agent.committed_bytes,
+                        limit: agent.spec.memory_bytes_limit,
+                    });
+                }
+                committed += agent.committed_bytes;
             }
             if committed != node.committed_bytes {
                 return Err(InvariantViolation::CommittedDrift {

@@ -59,9 +59,17 @@ impl Controller {
         let phase = agent.phase;
         let mut over_cap = false;
         if let Some(node) = node {
+            // The pod keeps running under its old limit until it is replaced, so a bigger limit
+            // that does not fit here is never charged here: the node stays under its cap and
+            // the agent migrates to where the new limit fits.
             let node = self.node_expect(node);
-            node.committed_bytes = node.committed_bytes.saturating_add_signed(limit_delta);
-            over_cap = node.committed_bytes > node.cap_bytes;
+            let committed = node.committed_bytes.saturating_add_signed(limit_delta);
+            over_cap = committed > node.cap_bytes;
+            if !over_cap {
+                node.committed_bytes = committed;
+                let agent = self.agent_expect(id);
+                agent.committed_bytes = agent.spec.memory_bytes_limit;
+            }
         }
         match phase {
             Phase::Parked => {
@@ -803,6 +811,7 @@ impl Controller {
     fn attach_node(&mut self, id: AgentId, node_id: NodeId) {
         let agent = self.agent_expect(id);
         agent.node = Some(node_id);
+        agent.committed_bytes = agent.spec.memory_bytes_limit;
         let (limit, reservation, tenant, version) = (
             agent.spec.memory_bytes_limit,
             agent.reservation_bytes,
@@ -830,7 +839,7 @@ impl Controller {
             return;
         };
         let (limit, reservation, used, tenant) = (
-            agent.spec.memory_bytes_limit,
+            std::mem::take(&mut agent.committed_bytes),
             agent.reservation_bytes,
             agent.memory.used_bytes,
             agent.spec.tenant,

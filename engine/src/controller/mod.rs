@@ -306,9 +306,17 @@ impl Controller {
                 got: now,
             });
         }
+        // A refused input must change nothing, the clock included: otherwise it would pump
+        // the start queue at its time, and a journal replayed without it would decide
+        // differently. Handlers refuse before they mutate, so restoring the clock suffices.
+        let before = self.now;
         self.now = now;
         self.stats.inputs += 1;
         let result = self.dispatch(input);
+        if result.is_err() {
+            self.now = before;
+            return result;
+        }
         self.pump_queue();
         result
     }

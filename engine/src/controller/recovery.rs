@@ -59,7 +59,14 @@ impl Controller {
                     source: SnapshotSource::Latest,
                     avoid,
                 };
-                self.replace(id, launch, true);
+                // An eviction is a density decision, not a recovery: say so to the driver and
+                // in reports, rather than calling it a replacement.
+                let reason = if cause == Cause::Evicted {
+                    StopReason::Evict
+                } else {
+                    StopReason::Replace
+                };
+                self.replace(id, launch, reason, true);
             }
             Rung::RestoreKnownGood => match known_good {
                 Some((version, _)) => {
@@ -69,7 +76,7 @@ impl Controller {
                         source: SnapshotSource::KnownGood,
                         avoid: None,
                     };
-                    self.replace(id, launch, false);
+                    self.replace(id, launch, StopReason::Replace, false);
                 }
                 // Never healthy: there is nothing to roll back to.
                 None => {
@@ -94,9 +101,9 @@ impl Controller {
     }
 
     /// Replaces the current instance: stop it if it holds a node, then launch.
-    fn replace(&mut self, id: AgentId, launch: Launch, snapshot: bool) {
+    fn replace(&mut self, id: AgentId, launch: Launch, reason: StopReason, snapshot: bool) {
         if self.agent_expect(id).node.is_some() {
-            self.stop(id, StopReason::Replace, snapshot, AfterStop::Launch(launch));
+            self.stop(id, reason, snapshot, AfterStop::Launch(launch));
         } else {
             self.enqueue(id, launch);
         }

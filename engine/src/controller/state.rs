@@ -21,6 +21,10 @@ pub(crate) struct Agent {
     pub instance: Instance,
     /// The node holding the current instance's pod, while it holds one.
     pub node: Option<NodeId>,
+    /// The limit charged to `node`'s committed memory: the spec's limit when the pod was
+    /// placed, or when a later update still fitted under the node's cap. A bigger limit that
+    /// does not fit is charged only where the agent is placed next.
+    pub committed_bytes: u64,
     /// Version the current instance runs.
     pub version: Version,
     pub incident: Option<Incident>,
@@ -165,6 +169,7 @@ impl Agent {
             phase: Phase::Parked,
             instance: Instance(0),
             node: None,
+            committed_bytes: 0,
             incident: None,
             reservation_bytes,
             reservation_updated_at: now,

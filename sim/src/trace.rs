@@ -1,0 +1,315 @@
+//! Memory traces: a generic CSV format and adapters for public production traces.
+//!
+//! A trace is a set of series (one per pod or VM), each a step function over time starting at
+//! zero. Agents of a class that replays a trace are each given one series, by seeded choice,
+//! and a seeded phase offset, so agents sharing a series do not spike in lockstep. Traces of
+//! fractions (of a container's limit) scale to the agent's limit; absolute traces are bytes.
+
+use crate::scenario::{MemoryTrace, TraceFormat};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+
+/// Rows read from one trace; beyond this the file is refused rather than exhaust memory.
+const MAX_ROWS: usize = 20_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("{file}: cannot read: {source}")]
+    Io {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}: field `{field}`: {problem}")]
+    Row {
+        file: String,
+        line: u64,
+        field: &'static str,
+        problem: String,
+    },
+    #[error("{file}: {problem}")]
+    File { file: String, problem: String },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemorySeries {
+    series: Vec<Vec<(u64, f64)>>,
+    period_ms: u64,
+    /// Values are fractions of a limit (scaled on read) rather than bytes.
+    fractions: bool,
+    scale_to: Option<u64>,
+}
+
+impl MemorySeries {
+    pub fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty()
+    }
+
+    /// Length of the longest series: replay wraps around at this.
+    pub fn period_ms(&self) -> u64 {
+        self.period_ms
+    }
+
+    /// Memory of series `index` at time `at` (wrapping), in bytes.
+    pub fn value_at(&self, index: usize, at: u64, limit_bytes: u64) -> u64 {
+        let series = &self.series[index % self.series.len()];
+        let span = series.last().map_or(1, |(t, _)| t + 1).max(1);
+        let t = at % span;
+        let i = series
+            .partition_point(|(time, _)| *time <= t)
+            .saturating_sub(1);
+        let value = series[i].1;
+        if self.fractions {
+            (value.clamp(0.0, 1.0) * self.scale_to.unwrap_or(limit_bytes) as f64) as u64
+        } else {
+            value.max(0.0) as u64
+        }
+    }
+
+    /// Mean and maximum over every sample, per series averaged: for checking a replay against
+    /// its source.
+    pub fn sample_stats(&self) -> (f64, f64) {
+        let (mut sum, mut count, mut max) = (0.0, 0usize, 0.0f64);
+        for series in &self.series {
+            for (_, v) in series {
+                sum += v;
+                count += 1;
+                max = max.max(*v);
+            }
+        }
+        (sum / count.max(1) as f64, max)
+    }
+}
+
+/// Loads the trace a class names, resolving its path against the scenario's directory.
+pub fn load(trace: &MemoryTrace, base: &Path) -> Result<MemorySeries, TraceError> {
+    let path = base.join(&trace.path);
+    let file = path.display().to_string();
+    let io = |source| TraceError::Io {
+        file: file.clone(),
+        source,
+    };
+    let raw = std::fs::read(&path).map_err(io)?;
+    let text = if trace.path.ends_with(".tar.gz") || trace.path.ends_with(".tgz") {
+        first_member_of_tar_gz(&raw).map_err(io)?
+    } else if trace.path.ends_with(".gz") {
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_string(&mut text)
+            .map_err(io)?;
+        text
+    } else {
+        String::from_utf8(raw).map_err(|_| TraceError::File {
+            file: file.clone(),
+            problem: "is not UTF-8 text".into(),
+        })?
+    };
+    let mut series = match trace.format {
+        TraceFormat::Csv => parse_generic(&text, &file)?,
+        TraceFormat::AlibabaGentd26 => parse_alibaba(&text, &file)?,
+        TraceFormat::Bitbrains => parse_bitbrains(&text, &file)?,
+    };
+    series.scale_to = trace.scale_to.map(|b| b.0);
+    Ok(series)
+}
+
+fn first_member_of_tar_gz(raw: &[u8]) -> std::io::Result<String> {
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(raw));
+    let mut entries = archive.entries()?;
+    let mut entry = entries
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "empty archive"))??;
+    let mut text = String::new();
+    entry.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// `time_ms,series,memory_bytes` with a header row.
+pub fn parse_generic(text: &str, file: &str) -> Result<MemorySeries, TraceError> {
+    let rows = read_rows(text, file, b',', |record, line| {
+        let time: u64 = field(record, 0, "time_ms", file, line)?;
+        let series = record
+            .get(1)
+            .ok_or_else(|| missing(file, line, "series"))?
+            .to_owned();
+        let bytes: u64 = field(record, 2, "memory_bytes", file, line)?;
+        Ok((series, time, bytes as f64))
+    })?;
+    assemble(rows, file, false)
+}
+
+/// Alibaba GenTD26 `value,timestamp_anon,container_ip`: fraction of the limit, seconds.
+pub fn parse_alibaba(text: &str, file: &str) -> Result<MemorySeries, TraceError> {
+    let rows = read_rows(text, file, b',', |record, line| {
+        let value: f64 = field(record, 0, "value", file, line)?;
+        let seconds: u64 = field(record, 1, "timestamp_anon", file, line)?;
+        let pod = record
+            .get(2)
+            .ok_or_else(|| missing(file, line, "container_ip"))?
+            .to_owned();
+        Ok((pod, seconds.saturating_mul(1000), value))
+    })?;
+    assemble(rows, file, true)
+}
+
+/// Bitbrains GWA-T-12: `;\t`-separated, Unix seconds, "Memory usage [KB]" in column 7.
+pub fn parse_bitbrains(text: &str, file: &str) -> Result<MemorySeries, TraceError> {
+    let normalised = text.replace(";\t", ";");
+    let rows = read_rows(&normalised, file, b';', |record, line| {
+        let seconds: u64 = field(record, 0, "Timestamp", file, line)?;
+        let kb: f64 = field(record, 6, "Memory usage [KB]", file, line)?;
+        Ok((String::new(), seconds.saturating_mul(1000), kb * 1024.0))
+    })?;
+    assemble(rows, file, false)
+}
+
+type Row = (String, u64, f64);
+
+fn read_rows(
+    text: &str,
+    file: &str,
+    delimiter: u8,
+    parse: impl Fn(&csv::StringRecord, u64) -> Result<Row, TraceError>,
+) -> Result<Vec<Row>, TraceError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .trim(csv::Trim::All)
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    let mut rows = Vec::new();
+    for (index, record) in reader.records().enumerate() {
+        let line = index as u64 + 2;
+        let record = record.map_err(|e| TraceError::Row {
+            file: file.to_owned(),
+            line,
+            field: "row",
+            problem: e.to_string(),
+        })?;
+        if record.iter().all(str::is_empty) {
+            continue;
+        }
+        if rows.len() >= MAX_ROWS {
+            return Err(TraceError::File {
+                file: file.to_owned(),
+                problem: format!("has more than {MAX_ROWS} rows"),
+            });
+        }
+        rows.push(parse(&record, line)?);
+    }
+    Ok(rows)
+}
+
+fn field<T: std::str::FromStr>(
+    record: &csv::StringRecord,
+    index: usize,
+    name: &'static str,
+    file: &str,
+    line: u64,
+) -> Result<T, TraceError> {
+    let text = record.get(index).ok_or_else(|| missing(file, line, name))?;
+    let value = text.parse().map_err(|_| TraceError::Row {
+        file: file.to_owned(),
+        line,
+        field: name,
+        problem: format!("`{text}` is not a number"),
+    })?;
+    Ok(value)
+}
+
+fn missing(file: &str, line: u64, field: &'static str) -> TraceError {
+    TraceError::Row {
+        file: file.to_owned(),
+        line,
+        field,
+        problem: "is missing".into(),
+    }
+}
+
+/// Groups rows by series (in name order), shifts each to start at zero and sorts by time.
+fn assemble(rows: Vec<Row>, file: &str, fractions: bool) -> Result<MemorySeries, TraceError> {
+    let mut grouped: BTreeMap<String, Vec<(u64, f64)>> = BTreeMap::new();
+    for (name, time, value) in rows {
+        if !value.is_finite() {
+            return Err(TraceError::File {
+                file: file.to_owned(),
+                problem: "holds a non-finite value".into(),
+            });
+        }
+        grouped.entry(name).or_default().push((time, value));
+    }
+    let mut series = Vec::with_capacity(grouped.len());
+    let mut period_ms = 1;
+    for (_, mut points) in grouped {
+        points.sort_by_key(|(t, _)| *t);
+        let start = points[0].0;
+        for point in &mut points {
+            point.0 -= start;
+        }
+        period_ms = period_ms.max(points.last().map_or(1, |(t, _)| t + 1));
+        series.push(points);
+    }
+    if series.is_empty() {
+        return Err(TraceError::File {
+            file: file.to_owned(),
+            problem: "holds no samples".into(),
+        });
+    }
+    Ok(MemorySeries {
+        series,
+        period_ms,
+        fractions,
+        scale_to: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generic_csv_replays_as_a_step_function_that_wraps() {
+        let text = "time_ms,series,memory_bytes\n0,a,100\n1000,a,300\n0,b,50\n";
+        let trace = parse_generic(text, "t.csv").unwrap();
+        assert_eq!(trace.len(), 2);
+        assert_eq!(trace.value_at(0, 0, 0), 100);
+        assert_eq!(trace.value_at(0, 999, 0), 100);
+        assert_eq!(trace.value_at(0, 1000, 0), 300);
+        assert_eq!(
+            trace.value_at(0, 1001, 0),
+            100,
+            "wraps after the last sample"
+        );
+        assert_eq!(trace.value_at(1, 12345, 0), 50);
+    }
+
+    #[test]
+    fn bad_rows_name_file_line_and_field() {
+        let error =
+            parse_generic("time_ms,series,memory_bytes\n0,a,100\nsoon,a,3\n", "t.csv").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "t.csv:3: field `time_ms`: `soon` is not a number"
+        );
+        let error =
+            parse_alibaba("value,timestamp_anon,container_ip\n0.5,10\n", "a.csv").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "a.csv:2: field `container_ip`: is missing"
+        );
+    }
+
+    #[test]
+    fn fractions_scale_to_the_limit() {
+        let trace = parse_alibaba(
+            "value,timestamp_anon,container_ip\n0.25,100,x\n0.5,157,x\n",
+            "a.csv",
+        )
+        .unwrap();
+        assert_eq!(trace.value_at(0, 0, 1000), 250);
+        assert_eq!(trace.value_at(0, 57_000, 1000), 500);
+    }
+}

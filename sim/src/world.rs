@@ -1,0 +1,151 @@
+//! The simulated world: machines, pods, processes and their memory. No decisions live here;
+//! the engine makes them all.
+
+use crate::rng::Counters;
+use crate::scenario::{AgentClass, Scenario};
+use carapace_engine::{AgentId, Instance, Millis, NodeId, Supervisor, SupervisorPolicy, Version};
+
+#[derive(Debug)]
+pub struct SimNode {
+    pub up: bool,
+    pub capacity_bytes: u64,
+    /// Agents with a pod here, sorted.
+    pub pods: Vec<AgentId>,
+    /// Versions pulled onto this machine (a short list: fleets run a few versions at once).
+    pub versions: Vec<Version>,
+    pub supervisor: Supervisor,
+    pub supervisor_wake: Option<Millis>,
+    pub failures: u32,
+}
+
+impl SimNode {
+    pub fn new(capacity_bytes: u64, policy: SupervisorPolicy) -> SimNode {
+        SimNode {
+            up: true,
+            capacity_bytes,
+            pods: Vec::new(),
+            versions: Vec::new(),
+            supervisor: Supervisor::new(policy),
+            supervisor_wake: None,
+            failures: 0,
+        }
+    }
+
+    pub fn add_pod(&mut self, agent: AgentId) {
+        if let Err(i) = self.pods.binary_search(&agent) {
+            self.pods.insert(i, agent);
+        }
+    }
+
+    pub fn remove_pod(&mut self, agent: AgentId) {
+        if let Ok(i) = self.pods.binary_search(&agent) {
+            self.pods.remove(i);
+        }
+    }
+}
+
+/// A pod the engine started: one instance of an agent on a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pod {
+    pub node: NodeId,
+    pub instance: Instance,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcessState {
+    Booting,
+    Serving,
+    /// Alive, but its probe fails.
+    Hung,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Process {
+    /// Bumped at every spawn, so events of an earlier process are recognised as stale.
+    pub life: u32,
+    pub state: ProcessState,
+    pub started_at: Millis,
+    pub ready_at: Millis,
+    pub memory_high: Option<u64>,
+}
+
+#[derive(Debug)]
+pub struct SimAgent {
+    pub class: u16,
+    pub desired: bool,
+    pub counters: Counters,
+    pub baseline_bytes: u64,
+    /// The session state makes every start crash right after resuming.
+    pub poisoned: bool,
+    /// The config on disk is truncated: validation before start fails.
+    pub config_broken: bool,
+    pub spike_until: Millis,
+    pub spike_bytes: u64,
+    pub pod: Option<Pod>,
+    pub process: Option<Process>,
+    pub lives: u32,
+    /// Last memory value forwarded to the engine.
+    pub last_fed_bytes: u64,
+    /// Index of the replayed memory series and its phase offset, when the class replays one.
+    pub trace: Option<(u32, u64)>,
+}
+
+impl SimAgent {
+    pub fn serving(&self) -> bool {
+        self.process
+            .is_some_and(|p| p.state == ProcessState::Serving)
+    }
+}
+
+/// A class's parameters in the units the hot loop wants.
+#[derive(Debug)]
+pub struct ClassModel {
+    pub name: String,
+    pub limit_bytes: u64,
+    pub request_bytes: u64,
+    pub priority: u8,
+    pub growth_bytes_per_day: u64,
+}
+
+impl ClassModel {
+    pub fn new(class: &AgentClass) -> ClassModel {
+        ClassModel {
+            name: class.name.clone(),
+            limit_bytes: class.memory_limit.0,
+            request_bytes: class.memory_request.0,
+            priority: class.priority,
+            growth_bytes_per_day: class.memory.growth_per_day.0,
+        }
+    }
+}
+
+/// Memory of a process at `now` under the class's model.
+pub fn modelled_memory(
+    agent: &SimAgent,
+    class: &ClassModel,
+    process: &Process,
+    now: Millis,
+) -> u64 {
+    let uptime = now.saturating_since(process.started_at).0;
+    let growth = (u128::from(class.growth_bytes_per_day) * u128::from(uptime) / 86_400_000) as u64;
+    let spike = if now < agent.spike_until {
+        agent.spike_bytes
+    } else {
+        0
+    };
+    let memory = agent.baseline_bytes + growth + spike;
+    process.memory_high.map_or(memory, |high| memory.min(high))
+}
+
+/// The naive baseline's agents per node: every agent reserves its full limit.
+pub fn naive_agents_per_node(scenario: &Scenario) -> f64 {
+    let agents = scenario.agent_count() as f64;
+    let limits: f64 = scenario
+        .fleet
+        .classes
+        .iter()
+        .map(|c| c.memory_limit.0 as f64 * f64::from(c.agents))
+        .sum();
+    let mean_limit = limits / agents.max(1.0);
+    (scenario.fleet.node_memory.0 as f64 / mean_limit).floor()
+}
