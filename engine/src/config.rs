@@ -140,8 +140,8 @@ impl Default for PlacementPolicy {
     fn default() -> Self {
         PlacementPolicy {
             overcommit_ratio: 3.0,
-            reservation_margin: 0.25,
-            reservation_half_life_ms: 2 * 3_600_000,
+            reservation_margin: 0.15,
+            reservation_half_life_ms: 3_600_000,
             max_starts_per_node: 4,
             weight_headroom: 1,
             penalty_same_tenant_node: 150,

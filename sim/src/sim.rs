@@ -200,7 +200,10 @@ impl Simulation {
                 progress(self.now);
             }
             if self.check_invariants_every > 0
-                && self.stats.events.is_multiple_of(self.check_invariants_every)
+                && self
+                    .stats
+                    .events
+                    .is_multiple_of(self.check_invariants_every)
                 && self.stats.invariant_violation.is_none()
             {
                 self.check_world();
@@ -291,8 +294,7 @@ impl Simulation {
             trace,
         };
         if self.agents.len() <= id.index() {
-            self.agents
-                .resize_with(id.index() + 1, placeholder_agent);
+            self.agents.resize_with(id.index() + 1, placeholder_agent);
         }
         self.agents[id.index()] = agent;
         let class_model = &self.classes[usize::from(class)];

@@ -126,7 +126,11 @@ impl Controller {
                 | Phase::Starting { .. }
                 | Phase::Restarting
                 | Phase::Stopping { .. } => {
+                    let alerted = agent.incident.is_some_and(|i| i.alerted);
                     let Some(deadline) = agent.deadline else {
+                        if alerted {
+                            continue;
+                        }
                         return Err(InvariantViolation::SilentlyLost { agent: agent_id });
                     };
                     if deadline < self.now {

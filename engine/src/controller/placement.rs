@@ -45,9 +45,13 @@ impl Controller {
         for node in &self.nodes {
             let score = match node {
                 Some(node) if node.state == NodeState::Ready => {
+                    // Two memory tests. Reservations are per-agent forecasts that each cover
+                    // the agent's own spikes; spikes rarely coincide, so their sum may fill the
+                    // node. What is actually in use must leave the stop-placing headroom.
                     let expected = node.reserved_bytes.max(node.used_bytes) + reservation;
                     let fits = node.committed_bytes + limit <= node.cap_bytes
-                        && expected <= node.stop_placing_bytes
+                        && node.reserved_bytes + reservation <= node.spec.memory_bytes_capacity
+                        && node.used_bytes + reservation <= node.stop_placing_bytes
                         && node.starting < max_starts
                         && (spec.allowed_zones.is_empty()
                             || spec.allowed_zones.contains(&node.spec.zone));

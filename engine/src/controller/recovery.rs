@@ -26,6 +26,7 @@ impl Controller {
                     cause,
                     rung,
                     rungs_tried: 1 << rung.number(),
+                    alerted: false,
                 });
                 agent.timeline = Some(Box::new(Timeline::default()));
             }
@@ -109,6 +110,31 @@ impl Controller {
         }
     }
 
+    /// No node had room within the queue deadline. Parking would not help (nothing is wrong
+    /// with the agent): page a human once and keep the agent in line, so it starts as soon as
+    /// capacity returns.
+    fn alert_while_queued(&mut self, id: AgentId) {
+        let now = self.now;
+        let agent = self.agent_expect(id);
+        let incident = agent.incident.get_or_insert(Incident {
+            opened_at: now,
+            cause: Cause::NoCapacity,
+            rung: Rung::Recreate,
+            rungs_tried: 1 << Rung::Recreate.number(),
+            alerted: false,
+        });
+        if incident.alerted {
+            return;
+        }
+        incident.alerted = true;
+        agent.deadline = None;
+        agent.timeline.get_or_insert_with(Box::default);
+        self.note(id, TimelineEvent::Unplaceable);
+        let post_mortem = self.post_mortem(id);
+        self.stats.alerts += 1;
+        self.emit(Command::Alert(Box::new(post_mortem)));
+    }
+
     /// Rung 4: raise the critical alert now; park once the pod is gone.
     fn park(&mut self, id: AgentId) {
         self.note(id, TimelineEvent::Parked);
@@ -128,7 +154,7 @@ impl Controller {
             Phase::Starting { .. } | Phase::Restarting => {
                 self.on_failure(id, Cause::DeadlineMissed)
             }
-            Phase::Queued { .. } => self.on_failure(id, Cause::NoCapacity),
+            Phase::Queued { .. } => self.alert_while_queued(id),
             Phase::Stopping { command, then } => {
                 // The pod will not go away. Starting another copy could make two: page a human
                 // and keep asking the node to stop it.
@@ -220,6 +246,7 @@ mod tests {
             cause: Cause::Crashed,
             rung,
             rungs_tried: 0,
+            alerted: false,
         })
     }
 

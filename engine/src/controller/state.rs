@@ -104,6 +104,8 @@ pub(crate) struct Incident {
     pub rung: Rung,
     /// Bit `n` set when rung `n` was tried.
     pub rungs_tried: u8,
+    /// A critical alert was raised while the agent keeps waiting (no node has room for it).
+    pub alerted: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

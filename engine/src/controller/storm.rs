@@ -118,6 +118,10 @@ impl Controller {
         // Each pass either starts an agent or moves it out of the queue, so the loop is bounded
         // by the queue's length.
         let mut budget = self.queue.len();
+        // Within one pass nothing frees room, so an agent needing at least as much as one
+        // that found no node cannot find one either: skip the scan. This keeps a large
+        // backlog (after a zone loss) from costing a full scan per agent per retry.
+        let mut smallest_failure: Option<(u64, u64)> = None;
         while budget > 0 && self.starting < max_starting && !self.queue.is_empty() {
             budget -= 1;
             if !self.bucket.try_take(self.now) {
@@ -137,9 +141,24 @@ impl Controller {
                 self.awaiting_dependencies.insert(id);
                 continue;
             }
-            match self.choose_node(id, launch.avoid) {
+            let needs = self.placement_needs(id);
+            let hopeless = needs.is_some_and(|(limit, reservation)| {
+                smallest_failure.is_some_and(|(l, r)| limit >= l && reservation >= r)
+            });
+            let placed = if hopeless {
+                None
+            } else {
+                self.choose_node(id, launch.avoid)
+            };
+            match placed {
                 Some((node, candidates)) => self.start(id, node, launch, candidates),
                 None => {
+                    if !hopeless && let Some(needs) = needs {
+                        smallest_failure = Some(match smallest_failure {
+                            Some((l, r)) if l <= needs.0 && r <= needs.1 => (l, r),
+                            _ => needs,
+                        });
+                    }
                     self.bucket.give_back();
                     self.stats.placement_failures += 1;
                     if self.unplaced.insert(id) {
@@ -149,6 +168,17 @@ impl Controller {
                 }
             }
         }
+    }
+
+    /// What an unconstrained agent needs from a node: its limit and its reservation. `None`
+    /// for an agent restricted to some zones, whose failure says nothing about the others.
+    fn placement_needs(&self, id: AgentId) -> Option<(u64, u64)> {
+        let agent = self.agent_ref(id)?;
+        agent
+            .spec
+            .allowed_zones
+            .is_empty()
+            .then_some((agent.spec.memory_bytes_limit, agent.reservation_bytes))
     }
 
     fn arm_pump(&mut self) {
