@@ -116,12 +116,7 @@ impl Controller {
             });
         }
         match agent.phase {
-            Phase::Stopping { command, .. } => {
-                self.agent_expect(id).phase = Phase::Stopping {
-                    command,
-                    then: AfterStop::Remove,
-                };
-            }
+            Phase::Stopping { .. } => self.set_after_stop(id, AfterStop::Remove),
             Phase::Starting { .. } | Phase::Running | Phase::Restarting => {
                 self.stop(id, StopReason::Remove, false, AfterStop::Remove);
             }
@@ -312,6 +307,13 @@ impl Controller {
         node.state = NodeState::Lost;
         node.last_heartbeat = None;
         let agents = node.agents.clone();
+        // Commands sent to the lost node will never report back: forget them.
+        let lost: std::collections::BTreeSet<(AgentId, Instance)> = agents
+            .iter()
+            .filter_map(|&a| self.agent_ref(a).map(|agent| (a, agent.instance)))
+            .collect();
+        self.in_flight
+            .retain(|_, flight| !lost.contains(&(flight.agent, flight.instance)));
         for agent in agents {
             let phase = self.agent_expect(agent).phase;
             self.note(agent, TimelineEvent::NodeLost { node: id });
@@ -476,6 +478,7 @@ impl Controller {
                 let Phase::Stopping {
                     command: current,
                     then,
+                    ..
                 } = agent.phase
                 else {
                     return;
@@ -719,7 +722,14 @@ impl Controller {
         let instance = agent.instance;
         let snapshot = snapshot.then(|| agent.snapshots.allocate());
         self.note(id, TimelineEvent::Stopped { instance, reason });
-        self.set_phase(id, Phase::Stopping { command, then });
+        self.set_phase(
+            id,
+            Phase::Stopping {
+                command,
+                then,
+                reason,
+            },
+        );
         self.set_deadline(id, self.config.recovery.stop_deadline_ms);
         self.in_flight.insert(
             command,
@@ -739,10 +749,17 @@ impl Controller {
         });
     }
 
+    /// Changes what follows a stop already under way.
+    pub(super) fn set_after_stop(&mut self, id: AgentId, next: AfterStop) {
+        if let Phase::Stopping { then, .. } = &mut self.agent_expect(id).phase {
+            *then = next;
+        }
+    }
+
     /// Issues the same stop again after a failure; the deadline keeps running.
     pub(super) fn retry_stop(&mut self, id: AgentId) {
         let agent = self.agent_expect(id);
-        let Phase::Stopping { then, .. } = agent.phase else {
+        let Phase::Stopping { then, reason, .. } = agent.phase else {
             return;
         };
         let (node, instance) = (
@@ -753,7 +770,11 @@ impl Controller {
         );
         let command = self.next_command_id();
         let agent = self.agent_expect(id);
-        agent.phase = Phase::Stopping { command, then };
+        agent.phase = Phase::Stopping {
+            command,
+            then,
+            reason,
+        };
         self.in_flight.insert(
             command,
             InFlight {
@@ -768,7 +789,7 @@ impl Controller {
             instance,
             node,
             snapshot: None,
-            reason: StopReason::Replace,
+            reason,
         });
     }
 

@@ -32,7 +32,7 @@ impl Controller {
             }
         }
         self.note(id, TimelineEvent::Rung { rung, cause });
-        self.rollout_on_failure(id);
+        self.rollout_on_failure(id, cause);
         self.climb(id, rung, cause);
     }
 
@@ -86,6 +86,8 @@ impl Controller {
                         .as_mut()
                         .expect("invariant: climbing needs an open incident");
                     incident.rung = Rung::Alert;
+                    // Rung 3 had nothing to restore: it was not tried.
+                    incident.rungs_tried &= !(1 << Rung::RestoreKnownGood.number());
                     incident.rungs_tried |= 1 << Rung::Alert.number();
                     self.note(
                         id,
@@ -155,14 +157,11 @@ impl Controller {
                 self.on_failure(id, Cause::DeadlineMissed)
             }
             Phase::Queued { .. } => self.alert_while_queued(id),
-            Phase::Stopping { command, then } => {
+            Phase::Stopping { then, .. } => {
                 // The pod will not go away. Starting another copy could make two: page a human
                 // and keep asking the node to stop it.
                 if then != AfterStop::Park && then != AfterStop::Remove {
-                    self.agent_expect(id).phase = Phase::Stopping {
-                        command,
-                        then: AfterStop::Park,
-                    };
+                    self.set_after_stop(id, AfterStop::Park);
                     let post_mortem = self.post_mortem(id);
                     self.stats.alerts += 1;
                     self.emit(Command::Alert(Box::new(post_mortem)));

@@ -114,7 +114,18 @@ impl Controller {
                 .get_mut(&id)
                 .expect("invariant: rollout exists");
             rollout.previous.insert(agent, previous);
-            rollout.waiting.insert(agent);
+            // A parked agent changes version now but cannot gate the wave: it will not become
+            // known-good until an operator acts on it.
+            if self
+                .agent_ref(agent)
+                .is_some_and(|a| a.phase != Phase::Parked)
+            {
+                let rollout = self
+                    .rollouts
+                    .get_mut(&id)
+                    .expect("invariant: rollout exists");
+                rollout.waiting.insert(agent);
+            }
             self.change_version(agent, version);
         }
         if self.rollouts[&id].waiting.is_empty() {
@@ -147,14 +158,11 @@ impl Controller {
                 };
             }
             Phase::Stopping {
-                command,
                 then: AfterStop::Launch(mut next),
+                ..
             } => {
                 next.version = version;
-                self.agent_expect(agent).phase = Phase::Stopping {
-                    command,
-                    then: AfterStop::Launch(next),
-                };
+                self.set_after_stop(agent, AfterStop::Launch(next));
             }
             Phase::Stopping { .. } | Phase::Parked => {}
         }
@@ -178,7 +186,15 @@ impl Controller {
     }
 
     /// The agent failed while part of a rollout: on the new version, that rolls everything back.
-    pub(super) fn rollout_on_failure(&mut self, failed: AgentId) {
+    /// Failures that are not the agent's own (its node died, it was evicted) say nothing about
+    /// the new version and leave the rollout alone.
+    pub(super) fn rollout_on_failure(&mut self, failed: AgentId, cause: crate::Cause) {
+        if matches!(
+            cause,
+            crate::Cause::NodeLost | crate::Cause::Evicted | crate::Cause::NoCapacity
+        ) {
+            return;
+        }
         let Some(id) = self.agent_expect(failed).rollout else {
             return;
         };

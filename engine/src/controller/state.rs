@@ -1,6 +1,6 @@
 //! What the controller remembers about each agent and node.
 
-use crate::command::StartReason;
+use crate::command::{StartReason, StopReason};
 use crate::id::{AgentId, CommandId, Instance, NodeId, RolloutId, SnapshotId, Version};
 use crate::postmortem::{Cause, MemoryPoint, Rung, Timeline};
 use crate::spec::{AgentSpec, NodeSpec};
@@ -64,6 +64,8 @@ pub(crate) enum Phase {
     Stopping {
         command: CommandId,
         then: AfterStop,
+        /// Why, so a retried stop says the same.
+        reason: StopReason,
     },
     /// Given up on; a critical alert was raised.
     Parked,
