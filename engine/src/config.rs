@@ -93,6 +93,9 @@ pub struct RecoveryPolicy {
     pub queue_deadline_ms: u64,
     /// Healthy this long after a start marks the version known-good and closes the incident.
     pub known_good_dwell_ms: u64,
+    /// A failure this soon after the agent was healthy again means the last rung did not
+    /// work, and the ladder climbs; a later one (still within the dwell) starts afresh.
+    pub relapse_window_ms: u64,
     /// A node silent this long after its last heartbeat is lost. Only applies to nodes that
     /// have sent a heartbeat.
     pub heartbeat_timeout_ms: u64,
@@ -109,6 +112,7 @@ impl Default for RecoveryPolicy {
             start_deadline_ms: 90_000,
             queue_deadline_ms: 600_000,
             known_good_dwell_ms: 120_000,
+            relapse_window_ms: 60_000,
             heartbeat_timeout_ms: 15_000,
             snapshot_interval_ms: 3_600_000,
             stop_deadline_ms: 30_000,

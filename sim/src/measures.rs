@@ -82,6 +82,21 @@ pub struct Bucket {
     pub node_memory_utilisation_mean: f64,
     pub node_memory_utilisation_max: f64,
     pub agents_per_up_node: f64,
+    /// Learned reservations over physical memory, mean over up nodes.
+    pub node_reserved_mean: f64,
+    /// Committed limits over the overcommit cap, mean over up nodes.
+    pub node_committed_mean: f64,
+    /// Agents waiting for a node at the bucket's end.
+    pub agents_queued: u32,
+}
+
+/// Node-level load gathered at a bucket's end.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct NodeLoad {
+    pub reserved_mean: f64,
+    pub committed_mean: f64,
+    pub placed: u32,
+    pub queued: u32,
 }
 
 #[derive(Debug)]
@@ -298,8 +313,9 @@ impl Measures {
         desired: u32,
         down: u32,
         nodes_up: u32,
-        placed: u32,
+        load: NodeLoad,
     ) {
+        let placed = load.placed;
         let mean = if self.utilisation_samples == 0 {
             0.0
         } else {
@@ -318,6 +334,9 @@ impl Measures {
             } else {
                 round4(f64::from(placed) / f64::from(nodes_up))
             },
+            node_reserved_mean: round4(load.reserved_mean),
+            node_committed_mean: round4(load.committed_mean),
+            agents_queued: load.queued,
         });
         self.utilisation_sum = 0.0;
         self.utilisation_samples = 0;

@@ -70,11 +70,13 @@ enum Order {
         instance: Instance,
         node: NodeId,
         snapshot: SnapshotId,
+        /// The process the snapshot reads; if it dies meanwhile the snapshot is not consistent.
+        life: Option<u32>,
     },
 }
 
 /// Totals about the run itself (not the fleet).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct RunStats {
     pub events: u64,
     pub engine_inputs: u64,
@@ -87,6 +89,8 @@ pub struct RunStats {
     pub command_stream_hash: u64,
     pub alerts: u64,
     pub rollout_events: Vec<(u64, u32, String)>,
+    /// The first post-mortems of the run (bounded by [`MAX_POST_MORTEMS`]).
+    pub post_mortems: Vec<carapace_engine::PostMortem>,
     pub invariant_violation: Option<String>,
 }
 
@@ -115,9 +119,15 @@ pub struct Simulation {
     class_trace: Vec<Option<usize>>,
     serving: u32,
     check_invariants_every: u64,
+    /// Test hook: every fault arrival as it comes due, when recording is on (see
+    /// [`Simulation::record_fault_arrivals`]).
+    fault_arrivals: Option<Vec<(Millis, AgentId, &'static str)>>,
 }
 
 const INITIAL_VERSION: Version = Version::new(1, 1);
+
+/// Post-mortems kept for the report; alerts beyond are counted only.
+pub const MAX_POST_MORTEMS: usize = 200;
 
 impl Simulation {
     /// Builds the world of `scenario`; `series` are the loaded memory traces, one entry per class
@@ -166,6 +176,7 @@ impl Simulation {
             class_trace,
             serving: 0,
             check_invariants_every: 0,
+            fault_arrivals: None,
         };
         sim.populate()?;
         Ok(sim)
@@ -174,6 +185,18 @@ impl Simulation {
     /// Checks the engine's invariants every `n` events (0: never). Costs O(fleet) per check.
     pub fn check_invariants_every(&mut self, n: u64) {
         self.check_invariants_every = n;
+    }
+
+    /// Test hook: record every fault arrival (time, agent, kind) as it comes due, before any
+    /// check of the agent's state, so tests can compare fault streams across scenarios. Off by
+    /// default; turning it off drops what was recorded.
+    pub fn record_fault_arrivals(&mut self, on: bool) {
+        self.fault_arrivals = on.then(Vec::new);
+    }
+
+    /// The fault arrivals recorded so far, in the order they came due (empty unless recording).
+    pub fn fault_arrivals(&self) -> &[(Millis, AgentId, &'static str)] {
+        self.fault_arrivals.as_deref().unwrap_or_default()
     }
 
     pub fn now(&self) -> Millis {
@@ -291,6 +314,7 @@ impl Simulation {
             process: None,
             lives: 0,
             last_fed_bytes: 0,
+            last_fed_at: Millis::ZERO,
             trace,
         };
         if self.agents.len() <= id.index() {
@@ -502,6 +526,15 @@ impl Simulation {
     // Faults.
 
     fn on_fault(&mut self, id: AgentId, kind: FaultKind) {
+        if let Some(arrivals) = self.fault_arrivals.as_mut() {
+            let name = match kind {
+                FaultKind::Crash => "crash",
+                FaultKind::Hang => "hang",
+                FaultKind::ConfigCorruption => "config_corruption",
+                FaultKind::Spike => "spike",
+            };
+            arrivals.push((self.now, id, name));
+        }
         if !self.agents[id.index()].desired {
             return;
         }
@@ -863,16 +896,19 @@ impl Simulation {
             self.exit_process(id, 137, oom);
         }
         let deadband = self.scenario.probes.memory_deadband;
+        let max_silence = self.scenario.probes.memory_max_silence.0;
         for (id, memory) in usage {
             let agent = &self.agents[id.index()];
             let (Some(pod), true) = (agent.pod, agent.process.is_some()) else {
                 continue;
             };
             let last = agent.last_fed_bytes;
-            if last != 0 && (memory.abs_diff(last) as f64) < deadband * last as f64 {
+            let quiet = self.now.saturating_since(agent.last_fed_at) < max_silence;
+            if last != 0 && quiet && (memory.abs_diff(last) as f64) < deadband * last as f64 {
                 continue;
             }
             self.agents[id.index()].last_fed_bytes = memory;
+            self.agents[id.index()].last_fed_at = self.now;
             self.stats.memory_samples_fed += 1;
             self.feed(Input::SampleMemory {
                 agent: id,
@@ -962,6 +998,7 @@ impl Simulation {
                 snapshot,
                 ..
             } => {
+                let life = self.agents[agent.index()].process.map(|p| p.life);
                 self.orders.insert(
                     id,
                     Order::Snapshot {
@@ -969,6 +1006,7 @@ impl Simulation {
                         instance,
                         node,
                         snapshot,
+                        life,
                     },
                 );
                 self.queue
@@ -989,6 +1027,9 @@ impl Simulation {
             }
             Command::Alert(post_mortem) => {
                 self.stats.alerts += 1;
+                if self.stats.post_mortems.len() < MAX_POST_MORTEMS {
+                    self.stats.post_mortems.push((*post_mortem).clone());
+                }
                 let class = self.classes[usize::from(self.agents[post_mortem.agent.index()].class)]
                     .name
                     .clone();
@@ -1120,6 +1161,7 @@ impl Simulation {
             instance,
             node,
             snapshot,
+            life,
         }) = self.orders.remove(&command)
         else {
             return;
@@ -1127,7 +1169,8 @@ impl Simulation {
         let agent = &self.agents[id.index()];
         let ok = self.nodes[node.index()].up
             && agent.pod == Some(Pod { node, instance })
-            && agent.process.is_some();
+            && life.is_some()
+            && agent.process.map(|p| p.life) == life;
         if ok && agent.poisoned {
             self.poisoned_snapshots.insert((id, snapshot));
         }
@@ -1228,15 +1271,25 @@ impl Simulation {
         let desired = self.controller.agent_count();
         let down = desired.saturating_sub(self.serving);
         let nodes_up = self.nodes.iter().filter(|n| n.up).count() as u32;
-        let placed: u32 = self
-            .controller
-            .node_ids()
-            .filter_map(|n| self.controller.node(n))
-            .map(|n| n.agents)
-            .sum();
+        let mut load = crate::measures::NodeLoad::default();
+        let mut up = 0u32;
+        for node in self.controller.node_ids() {
+            let Some(view) = self.controller.node(node).filter(|v| !v.lost) else {
+                continue;
+            };
+            up += 1;
+            load.placed += view.agents;
+            load.reserved_mean += view.reserved_bytes as f64 / view.capacity_bytes as f64;
+            load.committed_mean += view.committed_bytes as f64 / view.cap_bytes.max(1) as f64;
+        }
+        if up > 0 {
+            load.reserved_mean /= f64::from(up);
+            load.committed_mean /= f64::from(up);
+        }
+        load.queued = self.controller.queued_agents();
         self.measures.agents_down(down);
         self.measures
-            .close_bucket(self.now, desired, down, nodes_up, placed);
+            .close_bucket(self.now, desired, down, nodes_up, load);
     }
 
     /// Safety checks over the whole world: the engine's invariants, and never two live copies.
@@ -1279,6 +1332,7 @@ fn placeholder_agent() -> SimAgent {
         process: None,
         lives: 0,
         last_fed_bytes: 0,
+        last_fed_at: Millis::ZERO,
         trace: None,
     }
 }

@@ -86,6 +86,7 @@ pub struct SimAgent {
     pub lives: u32,
     /// Last memory value forwarded to the engine.
     pub last_fed_bytes: u64,
+    pub last_fed_at: Millis,
     /// Index of the replayed memory series and its phase offset, when the class replays one.
     pub trace: Option<(u32, u64)>,
 }

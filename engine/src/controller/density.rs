@@ -45,6 +45,7 @@ impl Controller {
             half_life,
         );
         agent.reservation_updated_at = now;
+        agent.reservation_target_bytes = target;
         let new_reservation = agent.reservation_bytes;
         let node = self.node_expect(node_id);
         node.used_bytes = node.used_bytes - previous.used_bytes.min(node.used_bytes) + memory_bytes;
@@ -61,11 +62,33 @@ impl Controller {
         let old = agent.reservation_bytes;
         agent.reservation_bytes = agent.spec.memory_bytes_limit;
         agent.reservation_updated_at = now;
+        agent.reservation_target_bytes = agent.spec.memory_bytes_limit;
         let new = agent.reservation_bytes;
         if let Some(node) = agent.node {
             let node = self.node_expect(node);
             node.reserved_bytes = node.reserved_bytes - old.min(node.reserved_bytes) + new;
         }
+    }
+
+    /// Lets a waiting agent's reservation keep decaying without samples, as Borg's does: a
+    /// spike seen just before the agent went down must not keep it out of every node forever.
+    pub(super) fn refresh_reservation(&mut self, id: AgentId) {
+        let now = self.now;
+        let half_life = self.config.placement.reservation_half_life_ms;
+        let Some(agent) = self.agent_mut(id) else {
+            return;
+        };
+        if agent.node.is_some() {
+            return;
+        }
+        let elapsed = now.saturating_since(agent.reservation_updated_at).0;
+        agent.reservation_bytes = decayed_reservation(
+            agent.reservation_bytes,
+            agent.reservation_target_bytes,
+            elapsed,
+            half_life,
+        );
+        agent.reservation_updated_at = now;
     }
 
     /// Evict above the highest watermark, move (or throttle) the fastest riser above the
@@ -161,8 +184,10 @@ impl Controller {
     }
 }
 
-/// Borg's decaying reservation: jump straight up to a higher target, decay towards a lower one
-/// with the given half-life (hyperbolic, in integers, so every machine agrees).
+/// Borg's decaying reservation: jump straight up to a higher target; decay exponentially
+/// towards a lower one, halving the excess every half-life. In integers (whole halvings by
+/// shifting, the fraction of one by linear interpolation, within 6% of 2^-x), so every machine
+/// computes the same bytes.
 pub(crate) fn decayed_reservation(
     current: u64,
     target: u64,
@@ -172,9 +197,16 @@ pub(crate) fn decayed_reservation(
     if target >= current {
         return target;
     }
-    let excess = u128::from(current - target);
-    let half_life = u128::from(half_life_ms.max(1));
-    let kept = excess * half_life / (half_life + u128::from(elapsed_ms));
+    let half_life = half_life_ms.max(1);
+    let halvings = elapsed_ms / half_life;
+    if halvings >= 64 {
+        return target;
+    }
+    let excess = (current - target) >> halvings;
+    let fraction = u128::from(elapsed_ms % half_life);
+    // 2^-f ≈ 1 - f/2 for f in [0, 1).
+    let kept =
+        u128::from(excess) * (2 * u128::from(half_life) - fraction) / (2 * u128::from(half_life));
     target + kept as u64
 }
 
@@ -186,8 +218,16 @@ mod tests {
     fn reservation_jumps_up_and_halves_its_excess_per_half_life() {
         assert_eq!(decayed_reservation(100, 300, 5, 1_000), 300);
         assert_eq!(decayed_reservation(300, 100, 1_000, 1_000), 200);
+        assert_eq!(decayed_reservation(300, 100, 2_000, 1_000), 150);
+        assert_eq!(decayed_reservation(300, 100, 500, 1_000), 250);
         assert_eq!(decayed_reservation(300, 100, 0, 1_000), 300);
-        let long = decayed_reservation(300, 100, 1_000_000_000, 1_000);
-        assert!((100..=101).contains(&long));
+        assert_eq!(decayed_reservation(300, 100, 1_000_000_000, 1_000), 100);
+        // Monotone in elapsed time.
+        let mut last = u64::MAX;
+        for t in (0..10_000).step_by(37) {
+            let r = decayed_reservation(1 << 40, 1 << 30, t, 1_000);
+            assert!(r <= last);
+            last = r;
+        }
     }
 }

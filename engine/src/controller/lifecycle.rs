@@ -316,7 +316,7 @@ impl Controller {
             .retain(|_, flight| !lost.contains(&(flight.agent, flight.instance)));
         for agent in agents {
             let phase = self.agent_expect(agent).phase;
-            self.note(agent, TimelineEvent::NodeLost { node: id });
+            self.note_failure(agent, TimelineEvent::NodeLost { node: id });
             self.release_node(agent);
             match phase {
                 // The node fences itself: the stop is done, without a snapshot.
@@ -391,7 +391,7 @@ impl Controller {
         if !self.current(id, instance)? {
             return Ok(());
         }
-        self.note(
+        self.note_failure(
             id,
             TimelineEvent::Exited {
                 instance,
@@ -430,7 +430,7 @@ impl Controller {
         version: crate::Version,
     ) -> Result<(), EngineError> {
         if self.current(id, instance)? {
-            self.note(id, TimelineEvent::ConfigRejected { instance, version });
+            self.note_failure(id, TimelineEvent::ConfigRejected { instance, version });
             self.on_failure(id, Cause::ConfigInvalid);
         }
         Ok(())
@@ -443,7 +443,7 @@ impl Controller {
         reason: crate::EscalationReason,
     ) -> Result<(), EngineError> {
         if self.current(id, instance)? {
-            self.note(id, TimelineEvent::Escalated { instance, reason });
+            self.note_failure(id, TimelineEvent::Escalated { instance, reason });
             self.on_failure(id, Cause::from_escalation(reason));
         }
         Ok(())
@@ -469,7 +469,7 @@ impl Controller {
         match kind {
             InFlightKind::Start => {
                 if outcome == Outcome::Failed && matches!(agent.phase, Phase::Starting { .. }) {
-                    self.note(id, TimelineEvent::StartFailed { instance });
+                    self.note_failure(id, TimelineEvent::StartFailed { instance });
                     self.release_node(id);
                     self.on_failure(id, Cause::StartFailed);
                 }
@@ -535,12 +535,7 @@ impl Controller {
         agent.timeline = None;
         self.stats.known_good_marks += 1;
         if let Some(incident) = closed {
-            let rung = usize::from(incident.rung.number());
-            assert!(
-                (1..=3).contains(&rung),
-                "invariant: only rungs 1–3 bring an agent back"
-            );
-            self.stats.resolved_by_rung[rung - 1] += 1;
+            self.count_resolved(incident);
         }
         self.take_snapshot(id, true);
         self.rollout_on_known_good(id);
@@ -901,6 +896,29 @@ impl Controller {
                 capacity,
                 crate::postmortem::TimelineEntry { at: now, event },
             );
+        }
+    }
+
+    /// Records the input that shows a failure, opening the timeline first so that the
+    /// post-mortem starts with what went wrong.
+    pub(super) fn note_failure(&mut self, id: AgentId, event: TimelineEvent) {
+        self.agent_expect(id)
+            .timeline
+            .get_or_insert_with(Box::default);
+        self.note(id, event);
+    }
+
+    /// Appends to the timeline unless the last entry says the same: retries that keep failing
+    /// the same way would otherwise flood it.
+    pub(super) fn note_once(&mut self, id: AgentId, event: TimelineEvent) {
+        let repeated = self
+            .agent_expect(id)
+            .timeline
+            .as_ref()
+            .and_then(|t| t.entries.back())
+            .is_some_and(|last| last.event == event);
+        if !repeated {
+            self.note(id, event);
         }
     }
 

@@ -291,6 +291,15 @@ impl Controller {
         })
     }
 
+    /// Agents waiting for a node (in line, without room, or for a dependency).
+    pub fn queued_agents(&self) -> u32 {
+        self.agents
+            .iter()
+            .flatten()
+            .filter(|a| matches!(a.phase, state::Phase::Queued { .. }))
+            .count() as u32
+    }
+
     /// Timers pending (stale ones included): a measure of the controller's own cost.
     pub fn pending_timers(&self) -> usize {
         self.timers.len()

@@ -4,16 +4,28 @@ use super::Controller;
 use super::state::{AfterStop, Incident, Launch, Phase, SnapshotSource};
 use crate::command::{Command, StartReason, StopReason};
 use crate::id::AgentId;
-use crate::postmortem::{Cause, PostMortem, Rung, Timeline, TimelineEvent};
+use crate::postmortem::{Cause, PostMortem, Rung, TimelineEvent};
+use crate::time::Millis;
 
 impl Controller {
     /// The current instance failed (or can no longer be trusted) because of `cause`.
     pub(super) fn on_failure(&mut self, id: AgentId, cause: Cause) {
         let now = self.now;
+        let relapse_window = Millis(self.config.recovery.relapse_window_ms);
         let agent = self.agent_expect(id);
         if matches!(agent.phase, Phase::Stopping { .. } | Phase::Parked) {
             return;
         }
+        let healthy_long_enough = agent.phase == Phase::Running
+            && agent
+                .healthy_since
+                .is_some_and(|since| since + relapse_window <= now);
+        if healthy_long_enough && let Some(resolved) = agent.incident.take() {
+            // The last rung worked: this is a new incident, not a relapse. The timeline goes on:
+            // what came just before is context for what comes next.
+            self.count_resolved(resolved);
+        }
+        let agent = self.agent_expect(id);
         let rung = next_rung(agent.incident, cause);
         match &mut agent.incident {
             Some(incident) => {
@@ -28,7 +40,7 @@ impl Controller {
                     rungs_tried: 1 << rung.number(),
                     alerted: false,
                 });
-                agent.timeline = Some(Box::new(Timeline::default()));
+                agent.timeline.get_or_insert_with(Box::default);
             }
         }
         self.note(id, TimelineEvent::Rung { rung, cause });
@@ -69,38 +81,32 @@ impl Controller {
                 };
                 self.replace(id, launch, reason, true);
             }
-            Rung::RestoreKnownGood => match known_good {
-                Some((version, _)) => {
-                    let launch = Launch {
-                        reason: StartReason::RestoreKnownGood,
-                        version,
-                        source: SnapshotSource::KnownGood,
-                        avoid: None,
-                    };
-                    self.replace(id, launch, StopReason::Replace, false);
-                }
-                // Never healthy: there is nothing to roll back to.
-                None => {
-                    let incident = agent
-                        .incident
-                        .as_mut()
-                        .expect("invariant: climbing needs an open incident");
-                    incident.rung = Rung::Alert;
-                    // Rung 3 had nothing to restore: it was not tried.
-                    incident.rungs_tried &= !(1 << Rung::RestoreKnownGood.number());
-                    incident.rungs_tried |= 1 << Rung::Alert.number();
-                    self.note(
-                        id,
-                        TimelineEvent::Rung {
-                            rung: Rung::Alert,
-                            cause,
-                        },
-                    );
-                    self.park(id);
-                }
-            },
+            Rung::RestoreKnownGood => {
+                // Never known-good: the last state known to be sound is the one it was
+                // provisioned with, its desired version and an empty state directory.
+                let (version, _) = known_good.unwrap_or((version, None));
+                let launch = Launch {
+                    reason: StartReason::RestoreKnownGood,
+                    version,
+                    source: SnapshotSource::KnownGood,
+                    avoid: None,
+                };
+                self.replace(id, launch, StopReason::Replace, false);
+            }
             Rung::Alert => self.park(id),
         }
+    }
+
+    pub(super) fn count_resolved(&mut self, incident: Incident) {
+        if incident.alerted {
+            return;
+        }
+        let rung = usize::from(incident.rung.number());
+        assert!(
+            (1..=3).contains(&rung),
+            "invariant: only rungs 1–3 bring an agent back"
+        );
+        self.stats.resolved_by_rung[rung - 1] += 1;
     }
 
     /// Replaces the current instance: stop it if it holds a node, then launch.

@@ -30,6 +30,8 @@ pub(crate) struct Agent {
     pub incident: Option<Incident>,
     pub reservation_bytes: u64,
     pub reservation_updated_at: Millis,
+    /// What the reservation decays towards: the last sample plus the margin.
+    pub reservation_target_bytes: u64,
     pub memory: MemoryTrack,
     pub snapshots: Snapshots,
     pub healthy_since: Option<Millis>,
@@ -177,6 +179,7 @@ impl Agent {
             incident: None,
             reservation_bytes,
             reservation_updated_at: now,
+            reservation_target_bytes: reservation_bytes,
             memory: MemoryTrack::default(),
             snapshots: Snapshots::default(),
             healthy_since: None,

@@ -141,6 +141,7 @@ impl Controller {
                 self.awaiting_dependencies.insert(id);
                 continue;
             }
+            self.refresh_reservation(id);
             let needs = self.placement_needs(id);
             let hopeless = needs.is_some_and(|(limit, reservation)| {
                 smallest_failure.is_some_and(|(l, r)| limit >= l && reservation >= r)
@@ -161,9 +162,8 @@ impl Controller {
                     }
                     self.bucket.give_back();
                     self.stats.placement_failures += 1;
-                    if self.unplaced.insert(id) {
-                        self.note(id, TimelineEvent::Unplaceable);
-                    }
+                    self.unplaced.insert(id);
+                    self.note_once(id, TimelineEvent::Unplaceable);
                     self.arm_retry();
                 }
             }

@@ -281,7 +281,7 @@ fn rung4_still_failing_parks_and_alerts_with_a_post_mortem() {
 }
 
 #[test]
-fn rung4_never_healthy_agent_parks_with_nothing_to_restore() {
+fn rung3_restores_a_never_healthy_agent_to_its_provisioned_state_then_parks() {
     let mut fleet = fleet_with_nodes(EngineConfig::default(), 2, 2);
     fleet.set_broken(A, Some(None));
     fleet.create(agent(1, 1));
@@ -290,8 +290,20 @@ fn rung4_never_healthy_agent_parks_with_nothing_to_restore() {
     let post_mortem = fleet.alerts().next().expect("an alert");
     assert_eq!(post_mortem.known_good_version, None);
     assert_eq!(post_mortem.rungs.last(), Some(&Rung::Alert));
-    let starts = fleet.starts().count();
-    assert_eq!(starts, 1, "nothing known-good to restore: no second start");
+    let starts: Vec<&Command> = fleet.starts().map(|(_, c)| c).collect();
+    assert_eq!(
+        starts.len(),
+        2,
+        "one provision, one restore of the provisioned state"
+    );
+    assert!(matches!(
+        starts[1],
+        Command::Start {
+            reason: StartReason::RestoreKnownGood,
+            snapshot: None,
+            ..
+        }
+    ));
 }
 
 #[test]

@@ -103,6 +103,7 @@ pub struct Report {
     pub summary: Summary,
     pub incidents: Vec<IncidentRecord>,
     pub buckets: Vec<Bucket>,
+    pub post_mortems: Vec<carapace_engine::PostMortem>,
     recovery_cdf: Vec<(f64, f64)>,
 }
 
@@ -195,6 +196,7 @@ impl Report {
             summary,
             incidents,
             buckets: m.buckets.clone(),
+            post_mortems: sim.stats.post_mortems.clone(),
             recovery_cdf: cdf(&m.recovery),
         }
     }
@@ -242,6 +244,13 @@ impl Report {
         json.push('\n');
         write_atomically(&dir.join("metrics.json"), json.as_bytes())?;
         write_atomically(&dir.join("incidents.csv"), &self.incidents_csv()?)?;
+        let mut post_mortems = String::new();
+        for post_mortem in &self.post_mortems {
+            post_mortems
+                .push_str(&serde_json::to_string(post_mortem).map_err(std::io::Error::other)?);
+            post_mortems.push('\n');
+        }
+        write_atomically(&dir.join("postmortems.jsonl"), post_mortems.as_bytes())?;
         write_atomically(&dir.join("timeseries.csv"), &self.timeseries_csv()?)?;
         write_atomically(&dir.join("summary.md"), self.markdown().as_bytes())?;
         write_atomically(&dir.join("report.html"), self.html(&plots).as_bytes())?;

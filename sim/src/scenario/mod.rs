@@ -267,6 +267,9 @@ pub struct Probes {
     /// A sample is forwarded to the engine only when it moved by this fraction since the last
     /// one forwarded, as metric pipelines do.
     pub memory_deadband: f64,
+    /// A sample is forwarded at least this often, moved or not, so learned reservations keep
+    /// decaying while memory holds still.
+    pub memory_max_silence: Span,
 }
 
 impl Default for Probes {
@@ -277,6 +280,7 @@ impl Default for Probes {
             interval: ms(5_000),
             memory_interval: ms(30_000),
             memory_deadband: 0.03,
+            memory_max_silence: ms(600_000),
         }
     }
 }
