@@ -110,6 +110,9 @@ pub struct Simulation {
     end: Millis,
     controller_wake: Option<Millis>,
     orders: BTreeMap<CommandId, Order>,
+    /// Starts still being carried out, by the instance they create: a stop of that instance
+    /// cancels its start, as a real node serialises operations on one pod.
+    pending_starts: BTreeMap<(AgentId, Instance), CommandId>,
     poisoned_snapshots: BTreeSet<(AgentId, SnapshotId)>,
     broken_versions: BTreeSet<Version>,
     node_counters: Vec<Counters>,
@@ -169,6 +172,7 @@ impl Simulation {
             end,
             controller_wake: None,
             orders: BTreeMap::new(),
+            pending_starts: BTreeMap::new(),
             poisoned_snapshots: BTreeSet::new(),
             broken_versions: BTreeSet::new(),
             churn_counter: Counters::default(),
@@ -629,7 +633,10 @@ impl Simulation {
     /// Removes the process without telling anyone (a stop, a node failure).
     fn kill_process(&mut self, id: AgentId) {
         self.set_process_state(id, ProcessState::Booting);
-        self.agents[id.index()].process = None;
+        let agent = &mut self.agents[id.index()];
+        agent.process = None;
+        // The work that spiked died with the process.
+        agent.spike_until = Millis::ZERO;
     }
 
     fn on_probe_fail(&mut self, id: AgentId, life: u32) {
@@ -954,6 +961,7 @@ impl Simulation {
                     latency = latency + self.latency(agent, self.scenario.latency.snapshot_restore);
                 }
                 latency = latency + self.latency(agent, self.scenario.latency.validate);
+                self.pending_starts.insert((agent, instance), id);
                 self.orders.insert(
                     id,
                     Order::Start {
@@ -1061,6 +1069,7 @@ impl Simulation {
         else {
             return;
         };
+        self.pending_starts.remove(&(id, instance));
         if !self.nodes[node.index()].up || !self.agents[id.index()].desired {
             self.finish(command, Outcome::Failed);
             return;
@@ -1127,6 +1136,11 @@ impl Simulation {
         if !self.nodes[node.index()].up {
             self.finish(command, Outcome::Failed);
             return;
+        }
+        if let Some(start) = self.pending_starts.remove(&(id, instance)) {
+            // The pod was still being created: the stop cancels it and it never runs.
+            self.orders.remove(&start);
+            self.finish(start, Outcome::Failed);
         }
         let agent = &self.agents[id.index()];
         if agent.pod == Some(Pod { node, instance }) {

@@ -146,12 +146,21 @@ pub fn parse_generic(text: &str, file: &str) -> Result<MemorySeries, TraceError>
 pub fn parse_alibaba(text: &str, file: &str) -> Result<MemorySeries, TraceError> {
     let rows = read_rows(text, file, b',', |record, line| {
         let value: f64 = field(record, 0, "value", file, line)?;
-        let seconds: u64 = field(record, 1, "timestamp_anon", file, line)?;
+        // Written as floats ("1662858720.0"); whole seconds in practice.
+        let seconds: f64 = field(record, 1, "timestamp_anon", file, line)?;
+        if !(seconds.is_finite() && seconds >= 0.0) {
+            return Err(TraceError::Row {
+                file: file.to_owned(),
+                line,
+                field: "timestamp_anon",
+                problem: format!("`{seconds}` is not a time"),
+            });
+        }
         let pod = record
             .get(2)
             .ok_or_else(|| missing(file, line, "container_ip"))?
             .to_owned();
-        Ok((pod, seconds.saturating_mul(1000), value))
+        Ok((pod, (seconds * 1000.0) as u64, value))
     })?;
     assemble(rows, file, true)
 }

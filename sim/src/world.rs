@@ -106,6 +106,8 @@ pub struct ClassModel {
     pub request_bytes: u64,
     pub priority: u8,
     pub growth_bytes_per_day: u64,
+    pub spike_duration_ms: u64,
+    pub spike_ramp_ms: u64,
 }
 
 impl ClassModel {
@@ -116,6 +118,8 @@ impl ClassModel {
             request_bytes: class.memory_request.0,
             priority: class.priority,
             growth_bytes_per_day: class.memory.growth_per_day.0,
+            spike_duration_ms: class.memory.spike_duration.ms(),
+            spike_ramp_ms: class.memory.spike_ramp.ms(),
         }
     }
 }
@@ -130,7 +134,14 @@ pub fn modelled_memory(
     let uptime = now.saturating_since(process.started_at).0;
     let growth = (u128::from(class.growth_bytes_per_day) * u128::from(uptime) / 86_400_000) as u64;
     let spike = if now < agent.spike_until {
-        agent.spike_bytes
+        let started = agent.spike_until.0.saturating_sub(class.spike_duration_ms);
+        let grown = now.0.saturating_sub(started);
+        if grown >= class.spike_ramp_ms {
+            agent.spike_bytes
+        } else {
+            (u128::from(agent.spike_bytes) * u128::from(grown)
+                / u128::from(class.spike_ramp_ms.max(1))) as u64
+        }
     } else {
         0
     };

@@ -47,7 +47,11 @@ impl Controller {
         agent.reservation_updated_at = now;
         agent.reservation_target_bytes = target;
         let new_reservation = agent.reservation_bytes;
+        agent.memory.unsampled_charge_bytes = 0;
         let node = self.node_expect(node_id);
+        node.unsampled_bytes = node
+            .unsampled_bytes
+            .saturating_sub(previous.unsampled_charge_bytes);
         node.used_bytes = node.used_bytes - previous.used_bytes.min(node.used_bytes) + memory_bytes;
         node.reserved_bytes =
             node.reserved_bytes - old_reservation.min(node.reserved_bytes) + new_reservation;
@@ -137,7 +141,7 @@ impl Controller {
             return;
         }
         if self
-            .choose_node(victim, Some(node_id))
+            .choose_node(victim, Some(node_id), StartReason::Migrate)
             .is_some_and(|(target, _)| target != node_id)
         {
             self.stats.migrations += 1;

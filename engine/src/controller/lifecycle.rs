@@ -217,6 +217,7 @@ impl Controller {
             committed_bytes: 0,
             reserved_bytes: 0,
             used_bytes: 0,
+            unsampled_bytes: 0,
             starting: 0,
             agents: Vec::new(),
             versions: [None; VERSION_CACHE],
@@ -834,9 +835,11 @@ impl Controller {
             agent.spec.tenant,
             agent.version,
         );
+        agent.memory.unsampled_charge_bytes = reservation;
         let node = self.node_expect(node_id);
         node.committed_bytes += limit;
         node.reserved_bytes += reservation;
+        node.unsampled_bytes += reservation;
         let zone = node.spec.zone;
         let position = node
             .agents
@@ -854,10 +857,11 @@ impl Controller {
         let Some(node_id) = agent.node.take() else {
             return;
         };
-        let (limit, reservation, used, tenant) = (
+        let (limit, reservation, used, unsampled, tenant) = (
             std::mem::take(&mut agent.committed_bytes),
             agent.reservation_bytes,
             agent.memory.used_bytes,
+            agent.memory.unsampled_charge_bytes,
             agent.spec.tenant,
         );
         agent.memory = Default::default();
@@ -869,6 +873,7 @@ impl Controller {
             .expect("invariant: committed memory covers every agent on the node");
         node.reserved_bytes = node.reserved_bytes.saturating_sub(reservation);
         node.used_bytes = node.used_bytes.saturating_sub(used);
+        node.unsampled_bytes = node.unsampled_bytes.saturating_sub(unsampled);
         let zone = node.spec.zone;
         let position = node
             .agents

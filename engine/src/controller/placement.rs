@@ -3,8 +3,19 @@
 
 use super::Controller;
 use super::state::NodeState;
+use crate::command::StartReason;
 use crate::id::{AgentId, NodeId};
 use crate::postmortem::Candidate;
+
+/// Agents that were already running somewhere come back even on a node past the
+/// stop-placing watermark, up to the migrate one: the watermark holds new work back, and
+/// refusing a recovery would turn a short outage into a long one.
+pub(super) fn is_recovery(reason: StartReason) -> bool {
+    matches!(
+        reason,
+        StartReason::Recreate | StartReason::RestoreKnownGood
+    )
+}
 
 /// Candidates kept in the timeline to explain a placement.
 const EXPLAINED_CANDIDATES: usize = 3;
@@ -17,7 +28,9 @@ impl Controller {
         &mut self,
         id: AgentId,
         avoid: Option<NodeId>,
+        reason: StartReason,
     ) -> Option<(NodeId, Vec<Candidate>)> {
+        let recovering = is_recovery(reason);
         let mut scores = std::mem::take(&mut self.scores);
         let mut zone_penalties = std::mem::take(&mut self.zone_penalties);
         let agent = self
@@ -45,13 +58,18 @@ impl Controller {
         for node in &self.nodes {
             let score = match node {
                 Some(node) if node.state == NodeState::Ready => {
-                    // Two memory tests. Reservations are per-agent forecasts that each cover
-                    // the agent's own spikes; spikes rarely coincide, so their sum may fill the
-                    // node. What is actually in use must leave the stop-placing headroom.
-                    let expected = node.reserved_bytes.max(node.used_bytes) + reservation;
+                    // What the node will use: what it uses now, the reservations of agents
+                    // placed but not yet measured, and this agent's reservation (which covers
+                    // its own spikes). Summing every agent's spike-covering reservation would
+                    // count spikes that never coincide, and leave a spiky fleet no room.
+                    let expected = node.used_bytes + node.unsampled_bytes + reservation;
                     let fits = node.committed_bytes + limit <= node.cap_bytes
-                        && node.reserved_bytes + reservation <= node.spec.memory_bytes_capacity
-                        && node.used_bytes + reservation <= node.stop_placing_bytes
+                        && expected
+                            <= if recovering {
+                                node.migrate_bytes
+                            } else {
+                                node.stop_placing_bytes
+                            }
                         && node.starting < max_starts
                         && (spec.allowed_zones.is_empty()
                             || spec.allowed_zones.contains(&node.spec.zone));

@@ -118,6 +118,8 @@ pub(crate) struct MemoryTrack {
     pub sampled_at: Millis,
     /// Smoothed growth, bytes per minute; the fastest riser is moved first.
     pub slope_bytes_per_min: i64,
+    /// Until this instance's first sample, its node counts its reservation as in use.
+    pub unsampled_charge_bytes: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -222,6 +224,8 @@ pub(crate) struct Node {
     pub committed_bytes: u64,
     pub reserved_bytes: u64,
     pub used_bytes: u64,
+    /// Reservations of agents placed here that have not reported memory yet: usage on its way.
+    pub unsampled_bytes: u64,
     pub starting: u16,
     /// Agents whose pods are here, sorted by id.
     pub agents: Vec<AgentId>,

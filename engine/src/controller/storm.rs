@@ -121,7 +121,8 @@ impl Controller {
         // Within one pass nothing frees room, so an agent needing at least as much as one
         // that found no node cannot find one either: skip the scan. This keeps a large
         // backlog (after a zone loss) from costing a full scan per agent per retry.
-        let mut smallest_failure: Option<(u64, u64)> = None;
+        // Recoveries may use more headroom than new work, so each kind keeps its own bound.
+        let mut smallest_failure: [Option<(u64, u64)>; 2] = [None, None];
         while budget > 0 && self.starting < max_starting && !self.queue.is_empty() {
             budget -= 1;
             if !self.bucket.try_take(self.now) {
@@ -143,19 +144,20 @@ impl Controller {
             }
             self.refresh_reservation(id);
             let needs = self.placement_needs(id);
+            let slot = usize::from(super::placement::is_recovery(launch.reason));
             let hopeless = needs.is_some_and(|(limit, reservation)| {
-                smallest_failure.is_some_and(|(l, r)| limit >= l && reservation >= r)
+                smallest_failure[slot].is_some_and(|(l, r)| limit >= l && reservation >= r)
             });
             let placed = if hopeless {
                 None
             } else {
-                self.choose_node(id, launch.avoid)
+                self.choose_node(id, launch.avoid, launch.reason)
             };
             match placed {
                 Some((node, candidates)) => self.start(id, node, launch, candidates),
                 None => {
                     if !hopeless && let Some(needs) = needs {
-                        smallest_failure = Some(match smallest_failure {
+                        smallest_failure[slot] = Some(match smallest_failure[slot] {
                             Some((l, r)) if l <= needs.0 && r <= needs.1 => (l, r),
                             _ => needs,
                         });

@@ -44,7 +44,9 @@ pub struct Verdict {
     /// `<=` or `>=`.
     pub comparison: &'static str,
     pub target: f64,
-    pub measured: f64,
+    /// `None` when the run had nothing to measure (no incident, no provisioning): the SLO
+    /// holds vacuously, and the table says so.
+    pub measured: Option<f64>,
     pub unit: &'static str,
     pub pass: bool,
 }
@@ -209,13 +211,12 @@ impl Report {
         for v in &self.summary.slo {
             writeln!(
                 out,
-                "| {} | {} {} {} | {} {} | {} |",
+                "| {} | {} {} {} | {} | {} |",
                 v.name,
                 v.comparison,
                 format_value(v.target),
                 v.unit,
-                format_value(v.measured),
-                v.unit,
+                measured(v),
                 if v.pass { "pass" } else { "FAIL" }
             )
             .unwrap();
@@ -462,13 +463,12 @@ impl Report {
             };
             writeln!(
                 out,
-                "<tr><td>{}</td><td>{} {} {}</td><td>{} {}</td><td>{verdict}</td></tr>",
+                "<tr><td>{}</td><td>{} {} {}</td><td>{}</td><td>{verdict}</td></tr>",
                 v.name,
                 svg::escape(v.comparison),
                 format_value(v.target),
                 v.unit,
-                format_value(v.measured),
-                v.unit
+                measured(v)
             )
             .unwrap();
         }
@@ -485,52 +485,54 @@ impl Report {
 
 fn judge(s: &crate::scenario::Scenario, m: &Summary) -> Vec<Verdict> {
     let slo = &s.slo;
-    let at_most = |name: &str, target: f64, measured: f64, unit| Verdict {
+    let seconds = |ms: u64| ms as f64 / 1000.0;
+    let at_most = |name: &str, target: f64, measured: Option<f64>, unit| Verdict {
         name: name.into(),
         comparison: "<=",
         target,
         measured,
         unit,
-        pass: measured <= target,
+        pass: measured.is_none_or(|m| m <= target),
     };
-    let at_least = |name: &str, target: f64, measured: f64, unit| Verdict {
+    let at_least = |name: &str, target: f64, measured: Option<f64>, unit| Verdict {
         name: name.into(),
         comparison: ">=",
         target,
         measured,
         unit,
-        pass: measured >= target,
+        pass: measured.is_none_or(|m| m >= target),
     };
-    let seconds = |ms: u64| ms as f64 / 1000.0;
+    let sampled = |p: &Percentiles, value: u64| (p.count > 0).then(|| seconds(value));
+    let resolved = m.recovery_ms.count + m.ladder[3];
     let mut verdicts = vec![
         at_most(
             "recovery p90",
             seconds(slo.recovery_p90.ms()),
-            seconds(m.recovery_ms.p90),
+            sampled(&m.recovery_ms, m.recovery_ms.p90),
             "s",
         ),
         at_most(
             "provisioning p90",
             seconds(slo.provisioning_p90.ms()),
-            seconds(m.provisioning_ms.p90),
+            sampled(&m.provisioning_ms, m.provisioning_ms.p90),
             "s",
         ),
         at_least(
             "unnoticed incidents",
             slo.unnoticed_min,
-            m.unnoticed_fraction,
+            (resolved > 0).then_some(m.unnoticed_fraction),
             "",
         ),
         at_most(
             "node OOM events",
             slo.node_oom_max as f64,
-            m.node_oom_events as f64,
+            Some(m.node_oom_events as f64),
             "",
         ),
         at_most(
             "collateral kills",
             slo.collateral_kills_max as f64,
-            m.collateral_kills as f64,
+            Some(m.collateral_kills as f64),
             "",
         ),
     ];
@@ -538,18 +540,18 @@ fn judge(s: &crate::scenario::Scenario, m: &Summary) -> Vec<Verdict> {
         verdicts.push(at_most(
             "recovery max",
             seconds(max.ms()),
-            seconds(m.recovery_ms.max),
+            sampled(&m.recovery_ms, m.recovery_ms.max),
             "s",
         ));
     }
     if let Some(max) = slo.alerts_max {
-        verdicts.push(at_most("alerts", max as f64, m.alerts as f64, ""));
+        verdicts.push(at_most("alerts", max as f64, Some(m.alerts as f64), ""));
     }
     if slo.density_min > 0.0 {
         verdicts.push(at_least(
             "density ratio",
             slo.density_min,
-            m.density_ratio,
+            Some(m.density_ratio),
             "x",
         ));
     }
@@ -578,6 +580,13 @@ fn cdf(histogram: &Histogram<u64>) -> Vec<(f64, f64)> {
         thinned.push(last);
     }
     thinned
+}
+
+fn measured(verdict: &Verdict) -> String {
+    match verdict.measured {
+        Some(value) => format!("{} {}", format_value(value), verdict.unit),
+        None => "no samples".to_owned(),
+    }
 }
 
 fn format_value(value: f64) -> String {

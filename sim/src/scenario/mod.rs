@@ -100,6 +100,10 @@ pub struct MemoryModel {
     pub spike_size: Bytes,
     #[serde(default = "defaults::spike_duration")]
     pub spike_duration: Span,
+    /// A spike builds up over this long (a large task loading, a context growing) rather
+    /// than landing in one step.
+    #[serde(default = "defaults::spike_ramp")]
+    pub spike_ramp: Span,
     /// Replay a memory trace instead of the model's spikes and growth.
     #[serde(default)]
     pub trace: Option<MemoryTrace>,
@@ -366,6 +370,9 @@ mod defaults {
     }
     pub(super) fn warmup() -> Span {
         Span(carapace_engine::Millis(600_000))
+    }
+    pub(super) fn spike_ramp() -> Span {
+        Span(carapace_engine::Millis(60_000))
     }
     pub(super) fn spike_duration() -> Span {
         Span(carapace_engine::Millis(300_000))
