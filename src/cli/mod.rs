@@ -1,7 +1,9 @@
 //! Command-line parsing and the subcommands.
 
+mod runner;
 mod schema;
 mod sim;
+mod tune;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +27,8 @@ enum Command {
     Sim(sim::SimArgs),
     /// Check scenario files; report every problem with file, line, column and field (exit 2).
     Validate(validate::ValidateArgs),
+    /// Sweep knobs over seeds and recommend the densest setting that holds every SLO.
+    Tune(tune::TuneArgs),
     /// Print the JSON Schema of scenario files.
     Schema,
 }
@@ -33,6 +37,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Sim(args) => sim::run(args),
         Command::Validate(args) => validate::run(args),
+        Command::Tune(args) => tune::run(args),
         Command::Schema => schema::run(),
     }
 }

@@ -5,6 +5,7 @@ use anyhow::Context;
 use carapace_sim::Simulation;
 use carapace_sim::report::Report;
 use carapace_sim::scenario::{self, Scenario};
+use carapace_sim::trace::MemorySeries;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -74,13 +75,18 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// A scenario that loaded but cannot run (a trace that does not parse, a policy the engine
+/// refuses): bad input, exit 2.
+#[derive(Debug)]
 pub enum SimError {
     BadInput(String),
 }
 
-/// Loads the traces the scenario names, runs it with a progress bar on a terminal, and
-/// builds the report.
-pub fn simulate(scenario: Scenario, base: &Path, check_every: u64) -> Result<Report, SimError> {
+/// Loads the memory traces the scenario's classes replay, resolving paths against `base`.
+pub fn load_traces(
+    scenario: &Scenario,
+    base: &Path,
+) -> Result<Vec<(usize, MemorySeries)>, SimError> {
     let mut series = Vec::new();
     for (class, spec) in scenario.fleet.classes.iter().enumerate() {
         if let Some(trace) = &spec.memory.trace {
@@ -89,10 +95,28 @@ pub fn simulate(scenario: Scenario, base: &Path, check_every: u64) -> Result<Rep
             series.push((class, loaded));
         }
     }
+    Ok(series)
+}
+
+/// Runs one scenario to its end, calling `progress(now)` as virtual time passes.
+pub fn run_one(
+    scenario: Scenario,
+    series: Vec<(usize, MemorySeries)>,
+    check_every: u64,
+    progress: impl FnMut(carapace_engine::Millis),
+) -> Result<Report, SimError> {
     let mut sim =
         Simulation::new(scenario, series).map_err(|e| SimError::BadInput(e.to_string()))?;
     sim.check_invariants_every(check_every);
-    let total_ms = sim.end().0.max(1);
+    sim.run(progress);
+    Ok(Report::of(&sim))
+}
+
+/// Loads the traces the scenario names, runs it with a progress bar on a terminal, and
+/// builds the report.
+pub fn simulate(scenario: Scenario, base: &Path, check_every: u64) -> Result<Report, SimError> {
+    let series = load_traces(&scenario, base)?;
+    let total_ms = scenario.duration.ms().max(1);
     let bar = ProgressBar::with_draw_target(Some(total_ms / 60_000), ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template(
@@ -101,7 +125,9 @@ pub fn simulate(scenario: Scenario, base: &Path, check_every: u64) -> Result<Rep
         .expect("static template")
         .progress_chars("=> "),
     );
-    sim.run(|now| bar.set_position(now.0 / 60_000));
+    let report = run_one(scenario, series, check_every, |now| {
+        bar.set_position(now.0 / 60_000)
+    });
     bar.finish_and_clear();
-    Ok(Report::of(&sim))
+    report
 }

@@ -2,7 +2,7 @@
 //! series and SVG plots, all in one directory and all byte-identical for the same scenario and
 //! seed (no wall-clock times, no machine paths).
 
-mod svg;
+pub mod svg;
 
 use crate::measures::{Bucket, Fault, IncidentRecord, round4};
 use crate::sim::Simulation;

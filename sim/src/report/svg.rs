@@ -196,3 +196,118 @@ pub fn escape(text: &str) -> String {
         .replace('>', "&gt;")
         .replace('"', "&quot;")
 }
+
+/// One cell of a heatmap.
+#[derive(Debug)]
+pub struct Cell {
+    pub x: usize,
+    pub y: usize,
+    /// Shade, 0 (light) to 1 (dark).
+    pub shade: f64,
+    pub label: String,
+    /// Drawn with a heavy outline (e.g. the recommended point).
+    pub marked: bool,
+    /// Drawn hatched-out (e.g. an SLO missed), and said in the label, not by colour alone.
+    pub failed: bool,
+}
+
+/// A grid of labelled cells with axis ticks, for a sweep over two knobs.
+pub fn heatmap(
+    title: &str,
+    x_label: &str,
+    x_ticks: &[String],
+    y_label: &str,
+    y_ticks: &[String],
+    cells: &[Cell],
+) -> String {
+    let mut svg = String::new();
+    writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" font-family="sans-serif" role="img" aria-label="{}">"#,
+        escape(title)
+    )
+    .unwrap();
+    writeln!(
+        svg,
+        r#"<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>"#
+    )
+    .unwrap();
+    writeln!(
+        svg,
+        r#"<text x="{LEFT}" y="22" font-size="14" font-weight="bold">{}</text>"#,
+        escape(title)
+    )
+    .unwrap();
+    let columns = x_ticks.len().max(1) as f64;
+    let rows = y_ticks.len().max(1) as f64;
+    let cell_w = (WIDTH - LEFT - RIGHT) / columns;
+    let cell_h = (HEIGHT - TOP - BOTTOM) / rows;
+    for cell in cells {
+        let x = LEFT + cell_w * cell.x as f64;
+        // Row 0 at the bottom, as on a plot.
+        let y = HEIGHT - BOTTOM - cell_h * (cell.y as f64 + 1.0);
+        let level = (255.0 - 200.0 * cell.shade.clamp(0.0, 1.0)) as u8;
+        let fill = format!("#{level:02x}{level:02x}ff");
+        let stroke = if cell.marked {
+            r#" stroke="black" stroke-width="3""#
+        } else {
+            r##" stroke="#fff""##
+        };
+        writeln!(svg, r#"<rect x="{x:.1}" y="{y:.1}" width="{cell_w:.1}" height="{cell_h:.1}" fill="{fill}"{stroke}/>"#).unwrap();
+        if cell.failed {
+            writeln!(
+                svg,
+                r##"<path d="M{x:.1},{y:.1} L{:.1},{:.1}" stroke="#b91c1c" stroke-width="1.5"/>"##,
+                x + cell_w,
+                y + cell_h
+            )
+            .unwrap();
+        }
+        writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" font-size="10" text-anchor="middle">{}</text>"#,
+            x + cell_w / 2.0,
+            y + cell_h / 2.0 + 3.0,
+            escape(&cell.label)
+        )
+        .unwrap();
+    }
+    for (i, tick) in x_ticks.iter().enumerate() {
+        writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" font-size="10" text-anchor="middle">{}</text>"#,
+            LEFT + cell_w * (i as f64 + 0.5),
+            HEIGHT - BOTTOM + 14.0,
+            escape(tick)
+        )
+        .unwrap();
+    }
+    for (i, tick) in y_ticks.iter().enumerate() {
+        writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" font-size="10" text-anchor="end">{}</text>"#,
+            LEFT - 4.0,
+            HEIGHT - BOTTOM - cell_h * (i as f64 + 0.5) + 3.0,
+            escape(tick)
+        )
+        .unwrap();
+    }
+    writeln!(
+        svg,
+        r#"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="middle">{}</text>"#,
+        (LEFT + WIDTH - RIGHT) / 2.0,
+        HEIGHT - 8.0,
+        escape(x_label)
+    )
+    .unwrap();
+    writeln!(
+        svg,
+        r#"<text x="14" y="{:.1}" font-size="11" text-anchor="middle" transform="rotate(-90 14 {:.1})">{}</text>"#,
+        (TOP + HEIGHT - BOTTOM) / 2.0,
+        (TOP + HEIGHT - BOTTOM) / 2.0,
+        escape(y_label)
+    )
+    .unwrap();
+    svg.push_str("</svg>\n");
+    svg
+}

@@ -2,6 +2,7 @@
 //! policy and the SLOs a run is judged by. Parsed once into types that cannot hold an invalid
 //! value; everything downstream trusts them.
 
+pub mod knob;
 mod load;
 mod units;
 
