@@ -138,6 +138,11 @@ pub struct PlacementPolicy {
     pub penalty_same_tenant_zone: i64,
     pub bonus_version_cached: i64,
     pub penalty_avoided_node: i64,
+    /// Blast-radius limit: no zone holds more than this share of a tenant's agents while
+    /// another zone has room. Past it a zone is scored so low that it is only used when
+    /// nothing else fits: losing a zone should never take most of a tenant with it.
+    pub max_tenant_share_per_zone: f64,
+    pub penalty_over_blast_radius: i64,
 }
 
 impl Default for PlacementPolicy {
@@ -152,6 +157,8 @@ impl Default for PlacementPolicy {
             penalty_same_tenant_zone: 10,
             bonus_version_cached: 40,
             penalty_avoided_node: 400,
+            max_tenant_share_per_zone: 0.5,
+            penalty_over_blast_radius: 100_000,
         }
     }
 }
@@ -227,6 +234,12 @@ impl EngineConfig {
         }
         if !(p.reservation_margin.is_finite() && (0.0..=10.0).contains(&p.reservation_margin)) {
             return Err(E::new("placement.reservation_margin", "must be in [0, 10]"));
+        }
+        if !(p.max_tenant_share_per_zone > 0.0 && p.max_tenant_share_per_zone <= 1.0) {
+            return Err(E::new(
+                "placement.max_tenant_share_per_zone",
+                "must be in (0, 1]",
+            ));
         }
         if p.max_starts_per_node == 0 {
             return Err(E::new(

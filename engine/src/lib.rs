@@ -32,8 +32,8 @@ pub use config::{
     SupervisorPolicy,
 };
 pub use controller::{
-    AgentStatus, AgentView, CONTROLLER_RNG_STREAM, Controller, ControllerStats, InvariantViolation,
-    NodeView,
+    AgentStatus, AgentView, CONTROLLER_RNG_STREAM, Controller, ControllerStats, Domain,
+    InvariantViolation, NodeView,
 };
 pub use error::{ConfigError, EngineError};
 pub use id::{

@@ -6,7 +6,11 @@ use crate::id::AgentId;
 use petgraph::Direction;
 use petgraph::algo::has_path_connecting;
 use petgraph::graphmap::DiGraphMap;
+use std::collections::BTreeMap;
 use std::hash::{BuildHasherDefault, DefaultHasher};
+
+/// The longest dependency chain allowed, in edges.
+const MAX_CHAIN: u16 = 64;
 
 /// GraphMap iterates in insertion order whatever the hasher; a fixed one keeps even its
 /// internal layout identical from run to run.
@@ -38,6 +42,21 @@ impl Dependencies {
                     through: dependency,
                 });
             }
+        }
+        // Keep every chain short: a bounded chain bounds the walks below, and a team is never
+        // this deep in practice.
+        let below = depends_on
+            .iter()
+            .map(|&d| self.longest(d, Direction::Outgoing, &mut BTreeMap::new()) + 1)
+            .max()
+            .unwrap_or(0);
+        let above = self.longest(agent, Direction::Incoming, &mut BTreeMap::new());
+        if below + above > MAX_CHAIN {
+            return Err(EngineError::InvalidSpec {
+                subject: agent.to_string(),
+                field: "depends_on",
+                problem: format!("makes a dependency chain longer than {MAX_CHAIN}"),
+            });
         }
         if self.graph.contains_node(agent) {
             let old: Vec<AgentId> = self
@@ -71,28 +90,31 @@ impl Dependencies {
     /// Longest chain of dependencies below `agent`. Walks only what `agent` reaches, so the
     /// cost is the size of its team, not of the fleet.
     pub(crate) fn depth(&self, agent: AgentId) -> u16 {
+        self.longest(agent, Direction::Outgoing, &mut BTreeMap::new())
+    }
+
+    /// Longest path from `agent` following edges in `direction` (outgoing: its dependencies;
+    /// incoming: its dependents). Recursion is bounded by `MAX_CHAIN`, which `set` keeps.
+    fn longest(
+        &self,
+        agent: AgentId,
+        direction: Direction,
+        memo: &mut BTreeMap<AgentId, u16>,
+    ) -> u16 {
         if !self.graph.contains_node(agent) {
             return 0;
         }
-        let mut memo = std::collections::BTreeMap::new();
-        self.depth_of(agent, &mut memo)
-    }
-
-    fn depth_of(&self, agent: AgentId, memo: &mut std::collections::BTreeMap<AgentId, u16>) -> u16 {
-        if let Some(&depth) = memo.get(&agent) {
-            return depth;
+        if let Some(&length) = memo.get(&agent) {
+            return length;
         }
-        let dependencies: Vec<AgentId> = self
-            .graph
-            .neighbors_directed(agent, Direction::Outgoing)
-            .collect();
-        let depth = dependencies
+        let next: Vec<AgentId> = self.graph.neighbors_directed(agent, direction).collect();
+        let length = next
             .into_iter()
-            .map(|dependency| self.depth_of(dependency, memo).saturating_add(1))
+            .map(|n| self.longest(n, direction, memo).saturating_add(1))
             .max()
             .unwrap_or(0);
-        memo.insert(agent, depth);
-        depth
+        memo.insert(agent, length);
+        length
     }
 
     fn prune(&mut self, agent: AgentId) {
@@ -139,5 +161,29 @@ mod tests {
         deps.remove(AgentId(3));
         deps.remove(AgentId(2));
         assert_eq!(deps.first_dependent(AgentId(1)), None);
+    }
+
+    #[test]
+    fn chains_longer_than_the_limit_are_refused_from_either_end() {
+        let mut deps = Dependencies::default();
+        for a in 1..=u32::from(MAX_CHAIN) {
+            deps.set(AgentId(a), &[AgentId(a - 1)]).unwrap();
+        }
+        assert_eq!(deps.depth(AgentId(u32::from(MAX_CHAIN))), MAX_CHAIN);
+        let top = AgentId(u32::from(MAX_CHAIN) + 1);
+        assert!(matches!(
+            deps.set(top, &[AgentId(u32::from(MAX_CHAIN))]),
+            Err(EngineError::InvalidSpec { .. })
+        ));
+        // Hanging the chain under a new root lengthens it too.
+        assert!(matches!(
+            deps.set(AgentId(0), &[AgentId(1000)]),
+            Err(EngineError::InvalidSpec { .. })
+        ));
+        assert_eq!(
+            deps.depth(AgentId(u32::from(MAX_CHAIN))),
+            MAX_CHAIN,
+            "refusals change nothing"
+        );
     }
 }

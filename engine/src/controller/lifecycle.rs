@@ -198,6 +198,7 @@ impl Controller {
         if spec.zone.0 >= 65_536 {
             return Err(invalid_node(&spec, "zone", "must be below 65536"));
         }
+        self.topology.check(&spec)?;
         if let Some(existing) = self.nodes.get(spec.id.index()).and_then(Option::as_ref) {
             if existing.state != NodeState::Lost {
                 return Err(EngineError::DuplicateNode(spec.id));
@@ -233,6 +234,7 @@ impl Controller {
         if self.zone_penalties.len() <= zone {
             self.zone_penalties.resize(zone + 1, 0);
         }
+        self.topology.add(&node.spec);
         self.nodes[index] = Some(node);
         self.retry_unplaced();
         Ok(())

@@ -11,8 +11,10 @@ mod rollout;
 mod state;
 mod storm;
 mod tenants;
+mod topology;
 
 pub use invariants::InvariantViolation;
+pub use topology::Domain;
 
 use crate::command::Command;
 use crate::config::EngineConfig;
@@ -30,6 +32,7 @@ use state::{Agent, Node};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use storm::{StartQueue, TokenBucket};
 use tenants::Tenants;
+use topology::Topology;
 
 /// The RNG stream the controller draws from; other components of a run use other streams of
 /// the same seed, so adding one never shifts another's draws.
@@ -58,6 +61,7 @@ pub struct Controller {
     /// Dense by node id.
     nodes: Vec<Option<Node>>,
     tenants: Tenants,
+    topology: Topology,
     dependencies: Dependencies,
     timers: Timers<Timer>,
     commands: VecDeque<Command>,
@@ -199,6 +203,7 @@ impl Controller {
             agent_count: 0,
             nodes: Vec::new(),
             tenants: Tenants::default(),
+            topology: Topology::default(),
             dependencies: Dependencies::default(),
             timers: Timers::default(),
             commands: VecDeque::new(),
@@ -289,6 +294,20 @@ impl Controller {
             lost: node.state == state::NodeState::Lost,
             draining: node.state == state::NodeState::Draining,
         })
+    }
+
+    /// The blast radius of a failure domain: the agents whose pods are on its nodes,
+    /// ascending.
+    pub fn blast_radius(&self, domain: Domain) -> Vec<AgentId> {
+        let mut agents: Vec<AgentId> = self
+            .topology
+            .nodes_in(domain)
+            .into_iter()
+            .filter_map(|n| self.nodes.get(n.index()).and_then(Option::as_ref))
+            .flat_map(|n| n.agents.iter().copied())
+            .collect();
+        agents.sort_unstable();
+        agents
     }
 
     /// Agents waiting for a node (in line, without room, or for a dependency).

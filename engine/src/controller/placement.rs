@@ -48,8 +48,16 @@ impl Controller {
         // Tenant spread by zone: a small table, filled for this tenant and cleared afterwards.
         let spread = self.tenants.get(spec.tenant);
         if let Some(spread) = spread {
+            let placed: u32 = spread.zones.iter().map(|&(_, count)| count).sum();
+            let per_zone = (policy.max_tenant_share_per_zone * f64::from(placed + 1)).ceil() as u32;
             for &(zone, count) in &spread.zones {
-                zone_penalties[zone.index()] = i64::from(count) * policy.penalty_same_tenant_zone;
+                let over_blast_radius = count + 1 > per_zone.max(1);
+                zone_penalties[zone.index()] = i64::from(count) * policy.penalty_same_tenant_zone
+                    + if over_blast_radius {
+                        policy.penalty_over_blast_radius
+                    } else {
+                        0
+                    };
             }
         }
 

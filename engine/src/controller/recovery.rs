@@ -111,6 +111,14 @@ impl Controller {
 
     /// Replaces the current instance: stop it if it holds a node, then launch.
     fn replace(&mut self, id: AgentId, launch: Launch, reason: StopReason, snapshot: bool) {
+        // PLANTED BUG (feature `planted-bug`, for `carapace explore`'s own test only): a
+        // recreate forgets the old pod instead of stopping it, so the old copy keeps running.
+        #[cfg(feature = "planted-bug")]
+        if launch.reason == StartReason::Recreate && self.agent_expect(id).node.is_some() {
+            self.release_node(id);
+            self.enqueue(id, launch);
+            return;
+        }
         if self.agent_expect(id).node.is_some() {
             self.stop(id, reason, snapshot, AfterStop::Launch(launch));
         } else {

@@ -289,3 +289,87 @@ fn raising_a_limit_on_a_full_node_never_commits_over_the_cap() {
     );
     assert_eq!(fleet.status(AgentId(1)), Some(AgentStatus::Running));
 }
+
+/// Zone 0 has four big nodes, zone 1 two small ones: headroom alone would put most of a
+/// tenant in zone 0. The blast-radius limit keeps at most half of it there while zone 1 has
+/// room, and `blast_radius` names exactly the agents a zone would take down.
+fn lopsided_fleet(config: EngineConfig) -> Fleet {
+    let mut fleet = Fleet::new(config);
+    for n in 0..4 {
+        fleet.join(node(n, 0, 64));
+    }
+    for n in 4..6 {
+        fleet.join(node(n, 1, 8));
+    }
+    fleet
+}
+
+fn agents_in_zone(fleet: &Fleet, zone: u32, agents: &[AgentId]) -> usize {
+    let zone_nodes: BTreeSet<NodeId> = (0..6)
+        .filter(|n| (*n < 4) == (zone == 0))
+        .map(NodeId)
+        .collect();
+    agents
+        .iter()
+        .filter(|a| zone_nodes.contains(&node_of(fleet, **a)))
+        .count()
+}
+
+#[test]
+fn blast_radius_keeps_at_most_half_of_a_tenant_in_one_zone() {
+    let agents = ids(0..6);
+    let mut fleet = lopsided_fleet(EngineConfig::default());
+    for a in &agents {
+        fleet.create(agent(a.0, 1));
+        settle(&mut fleet, &[*a], MINUTE);
+    }
+    assert_eq!(agents_in_zone(&fleet, 0, &agents), 3);
+    let in_zone_0: Vec<AgentId> = agents
+        .iter()
+        .copied()
+        .filter(|a| node_of(&fleet, *a).0 < 4)
+        .collect();
+    assert_eq!(
+        fleet
+            .controller
+            .blast_radius(carapace_engine::Domain::Zone(ZoneId(0))),
+        in_zone_0
+    );
+    assert_eq!(
+        fleet
+            .controller
+            .blast_radius(carapace_engine::Domain::Zone(ZoneId(7))),
+        Vec::<AgentId>::new()
+    );
+
+    // Without the limit (share 1.0), headroom puts most of the tenant in the big zone.
+    let mut config = EngineConfig::default();
+    config.placement.max_tenant_share_per_zone = 1.0;
+    let mut unlimited = lopsided_fleet(config);
+    for a in &agents {
+        unlimited.create(agent(a.0, 1));
+        settle(&mut unlimited, &[*a], MINUTE);
+    }
+    assert!(
+        agents_in_zone(&unlimited, 0, &agents) > 3,
+        "the test must exercise the limit"
+    );
+}
+
+#[test]
+fn a_zone_cannot_move_to_another_region() {
+    let mut fleet = fleet_with_nodes(EngineConfig::default(), 2, 1);
+    let mut moved = node(9, 0, 16);
+    moved.region = carapace_engine::RegionId(3);
+    let refused = fleet.input(Input::JoinNode(moved));
+    assert!(
+        matches!(
+            refused,
+            Err(carapace_engine::EngineError::InvalidSpec {
+                field: "region",
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+}
