@@ -1,7 +1,8 @@
 //! `carapace`: keeps fleets of OpenClaw gateways alive, dense and versioned.
 //!
 //! Exit codes: 0 success; 1 an SLO breach, a regression or a broken invariant; 2 bad input
-//! (usage, a scenario or trace that does not parse); 70 an internal error.
+//! (usage, a scenario or trace that does not parse); 3 `supervise` escalated (restarting in
+//! place cannot help); 70 an internal error.
 
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 

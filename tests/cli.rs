@@ -1,12 +1,20 @@
 //! The `carapace` binary, run as a user runs it: one test binary, one module per subcommand.
 
+#[path = "cli/check.rs"]
+mod check;
 #[path = "cli/common.rs"]
 mod common;
+#[path = "cli/explore.rs"]
+mod explore;
 #[path = "cli/help.rs"]
 mod help;
 #[path = "cli/schema.rs"]
 mod schema;
 #[path = "cli/sim.rs"]
 mod sim;
+// Real processes run in real time: deadlines are wall-clock, and a thread reads the stream.
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)]
+#[path = "cli/supervise.rs"]
+mod supervise;
 #[path = "cli/validate.rs"]
 mod validate;

@@ -6,6 +6,7 @@
 //! decision. The same scenario and seed give a byte-identical report.
 
 mod dist;
+pub mod explore;
 mod measures;
 mod queue;
 pub mod report;
@@ -18,5 +19,5 @@ mod world;
 pub use measures::{Bucket, Fault, IncidentRecord, Measures};
 pub use queue::EventQueue;
 pub use rng::{Component, Streams};
-pub use sim::{RunStats, Simulation};
+pub use sim::{EVENT_KINDS, RunStats, Simulation};
 pub use world::naive_agents_per_node;

@@ -39,6 +39,52 @@ pub(crate) enum Event {
     Rollout(u32),
 }
 
+/// Names of the event kinds, in the order of [`RunStats::events_by_kind`].
+pub const EVENT_KINDS: [&str; 17] = [
+    "node_tick",
+    "bucket",
+    "fault",
+    "node_fail",
+    "node_lost_detected",
+    "node_repaired",
+    "ready",
+    "probe_ok",
+    "probe_fail",
+    "resume_crash",
+    "start_done",
+    "stop_done",
+    "snapshot_done",
+    "controller_wake",
+    "supervisor_wake",
+    "churn",
+    "rollout",
+];
+
+impl Event {
+    /// The index of this event's kind in [`EVENT_KINDS`].
+    const fn kind(&self) -> usize {
+        match self {
+            Event::NodeTick(_) => 0,
+            Event::Bucket => 1,
+            Event::Fault(..) => 2,
+            Event::NodeFail(_) => 3,
+            Event::NodeLostDetected(_) => 4,
+            Event::NodeRepaired(_) => 5,
+            Event::Ready { .. } => 6,
+            Event::ProbeOk { .. } => 7,
+            Event::ProbeFail { .. } => 8,
+            Event::ResumeCrash { .. } => 9,
+            Event::StartDone(_) => 10,
+            Event::StopDone(_) => 11,
+            Event::SnapshotDone(_) => 12,
+            Event::ControllerWake => 13,
+            Event::SupervisorWake(_) => 14,
+            Event::Churn => 15,
+            Event::Rollout(_) => 16,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum FaultKind {
     Crash,
@@ -79,11 +125,16 @@ enum Order {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RunStats {
     pub events: u64,
+    /// Events processed, by kind (indexed as [`EVENT_KINDS`]); for the whole-run bench.
+    pub events_by_kind: [u64; EVENT_KINDS.len()],
     pub engine_inputs: u64,
     pub engine_commands: u64,
     /// Inputs the engine refused; a correct driver causes none but late reports of removed agents.
     pub engine_errors: u64,
     pub first_engine_error: Option<String>,
+    /// The first refusal other than a late report about a removed agent: a driver bug or an
+    /// engine bug, never expected (explore fails a run on it).
+    pub first_unexpected_engine_error: Option<String>,
     pub rejects: u64,
     pub memory_samples_fed: u64,
     pub command_stream_hash: u64,
@@ -125,6 +176,20 @@ pub struct Simulation {
     /// Test hook: every fault arrival as it comes due, when recording is on (see
     /// [`Simulation::record_fault_arrivals`]).
     fault_arrivals: Option<Vec<(Millis, AgentId, &'static str)>>,
+    /// No fault, node failure or churn arrives after this (see [`Simulation::stop_faults_at`]).
+    faults_end: Millis,
+    /// Explore hook: the first commands of the run, when recording (see
+    /// [`Simulation::record_commands`]).
+    command_log: Option<CommandLog>,
+    /// Agents the engine raised an alert about, at any time of the run.
+    alerted: BTreeSet<AgentId>,
+}
+
+/// The first commands of a run, bounded, as `(time, agent, Debug text)`.
+#[derive(Debug, Default)]
+struct CommandLog {
+    limit: usize,
+    entries: Vec<(Millis, Option<AgentId>, String)>,
 }
 
 const INITIAL_VERSION: Version = Version::new(1, 1);
@@ -181,6 +246,9 @@ impl Simulation {
             serving: 0,
             check_invariants_every: 0,
             fault_arrivals: None,
+            faults_end: end,
+            command_log: None,
+            alerted: BTreeSet::new(),
         };
         sim.populate()?;
         Ok(sim)
@@ -203,12 +271,58 @@ impl Simulation {
         self.fault_arrivals.as_deref().unwrap_or_default()
     }
 
+    /// Explore hook: no new agent fault, node failure or churn arrives after `at`; what is in
+    /// flight (a spike, a failed node's repair, a recovery, a rollout) runs its course. With
+    /// the faults over, every recoverable agent must run again before the end: the liveness
+    /// check of `explore`. By default faults arrive until the end.
+    pub fn stop_faults_at(&mut self, at: Millis) {
+        self.faults_end = at;
+    }
+
+    /// Explore hook: keep the first `limit` commands the engine emits (time, agent, `Debug`
+    /// text), to name the first difference between two runs or an agent's timeline. Off by
+    /// default (`limit` 0); recording costs an allocation per command.
+    pub fn record_commands(&mut self, limit: usize) {
+        self.command_log = (limit > 0).then(|| CommandLog {
+            limit,
+            entries: Vec::new(),
+        });
+    }
+
+    /// The commands recorded so far (empty unless recording).
+    pub fn commands(&self) -> &[(Millis, Option<AgentId>, String)] {
+        self.command_log
+            .as_ref()
+            .map_or(&[], |log| log.entries.as_slice())
+    }
+
+    /// The engine, for read-only checks of its view (agent status, invariants).
+    pub fn controller(&self) -> &Controller {
+        &self.controller
+    }
+
+    /// Totals about the run: events, engine errors, the command-stream hash, violations.
+    pub fn stats(&self) -> &RunStats {
+        &self.stats
+    }
+
+    /// Whether the engine ever raised an alert about `agent` (paged a human) in this run.
+    pub fn was_alerted(&self, agent: AgentId) -> bool {
+        self.alerted.contains(&agent)
+    }
+
     pub fn now(&self) -> Millis {
         self.now
     }
 
     pub fn end(&self) -> Millis {
         self.end
+    }
+
+    /// Events waiting in the queue (one-off and periodic), for the whole-run bench: after
+    /// [`Simulation::new`] it is the occupancy the run starts with.
+    pub fn pending_events(&self) -> usize {
+        self.queue.len()
     }
 
     /// Runs to the end, calling `progress(now)` every so often.
@@ -221,6 +335,7 @@ impl Simulation {
             let (at, event) = self.queue.pop().expect("peeked");
             self.now = at;
             self.stats.events += 1;
+            self.stats.events_by_kind[event.kind()] += 1;
             self.dispatch(event);
             if self.stats.events >= next_progress {
                 next_progress = self.stats.events + 65_536;
@@ -424,12 +539,23 @@ impl Simulation {
         if self.stats.first_engine_error.is_none() {
             self.stats.first_engine_error = Some(format!("at {}: {error}", self.now));
         }
+        if !matches!(error, EngineError::UnknownAgent(_))
+            && self.stats.first_unexpected_engine_error.is_none()
+        {
+            self.stats.first_unexpected_engine_error = Some(format!("at {}: {error}", self.now));
+        }
     }
 
     fn drain_controller(&mut self) {
         while let Some(command) = self.controller.poll_command() {
             self.stats.engine_commands += 1;
             self.hash_command(&command);
+            if let Some(log) = self.command_log.as_mut()
+                && log.entries.len() < log.limit
+            {
+                log.entries
+                    .push((self.now, command.agent(), format!("{command:?}")));
+            }
             self.execute(command);
         }
         if let Some(at) = self.controller.next_deadline()
@@ -485,6 +611,8 @@ impl Simulation {
 
     fn dispatch(&mut self, event: Event) {
         match event {
+            // Past `stop_faults_at`, arrivals are dropped, and with them their successors.
+            Event::Fault(..) | Event::NodeFail(_) | Event::Churn if self.now > self.faults_end => {}
             Event::NodeTick(node) => self.node_tick(node),
             Event::Bucket => self.close_bucket(),
             Event::Fault(agent, kind) => self.on_fault(agent, kind),
@@ -1035,6 +1163,7 @@ impl Simulation {
             }
             Command::Alert(post_mortem) => {
                 self.stats.alerts += 1;
+                self.alerted.insert(post_mortem.agent);
                 if self.stats.post_mortems.len() < MAX_POST_MORTEMS {
                     self.stats.post_mortems.push((*post_mortem).clone());
                 }

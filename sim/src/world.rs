@@ -132,21 +132,30 @@ pub fn modelled_memory(
     now: Millis,
 ) -> u64 {
     let uptime = now.saturating_since(process.started_at).0;
-    let growth = (u128::from(class.growth_bytes_per_day) * u128::from(uptime) / 86_400_000) as u64;
+    let growth = mul_div(class.growth_bytes_per_day, uptime, 86_400_000);
     let spike = if now < agent.spike_until {
         let started = agent.spike_until.0.saturating_sub(class.spike_duration_ms);
         let grown = now.0.saturating_sub(started);
         if grown >= class.spike_ramp_ms {
             agent.spike_bytes
         } else {
-            (u128::from(agent.spike_bytes) * u128::from(grown)
-                / u128::from(class.spike_ramp_ms.max(1))) as u64
+            mul_div(agent.spike_bytes, grown, class.spike_ramp_ms.max(1))
         }
     } else {
         0
     };
     let memory = agent.baseline_bytes + growth + spike;
     process.memory_high.map_or(memory, |high| memory.min(high))
+}
+
+/// `a * b / c` rounded down, exactly as computed in `u128` (truncated to `u64`). In 64 bits
+/// when the product fits, as it does for every realistic size and time: a 128-bit division is
+/// a call into compiler builtins, and this runs for every agent at every memory tick.
+fn mul_div(a: u64, b: u64, c: u64) -> u64 {
+    match a.checked_mul(b) {
+        Some(product) => product / c,
+        None => (u128::from(a) * u128::from(b) / u128::from(c)) as u64,
+    }
 }
 
 /// The naive baseline's agents per node: every agent reserves its full limit.
@@ -160,4 +169,24 @@ pub fn naive_agents_per_node(scenario: &Scenario) -> f64 {
         .sum();
     let mean_limit = limits / agents.max(1.0);
     (scenario.fleet.node_memory.0 as f64 / mean_limit).floor()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mul_div;
+
+    #[test]
+    fn mul_div_matches_the_128_bit_computation() {
+        let wide = |a: u64, b: u64, c: u64| (u128::from(a) * u128::from(b) / u128::from(c)) as u64;
+        for (a, b, c) in [
+            (0, 5, 7),
+            (400 << 20, 604_800_000, 86_400_000),
+            (u64::MAX, 1, 3),
+            (u64::MAX, u64::MAX, u64::MAX),
+            (1 << 40, 1 << 40, 86_400_000),
+            (900 << 20, 59_999, 60_000),
+        ] {
+            assert_eq!(mul_div(a, b, c), wide(a, b, c), "{a} * {b} / {c}");
+        }
+    }
 }

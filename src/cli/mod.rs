@@ -1,8 +1,11 @@
 //! Command-line parsing and the subcommands.
 
+mod explore;
+mod gate;
 mod runner;
 mod schema;
 mod sim;
+mod supervise;
 mod tune;
 mod validate;
 
@@ -11,6 +14,8 @@ use std::process::ExitCode;
 
 pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_BAD_INPUT: u8 = 2;
+/// `supervise` handed the agent on: restarting in place cannot help (rung 2 and up).
+pub const EXIT_ESCALATED: u8 = 3;
 pub const EXIT_INTERNAL: u8 = 70;
 
 /// Agent-aware placement, density and recovery for fleets of OpenClaw gateways.
@@ -29,6 +34,15 @@ enum Command {
     Validate(validate::ValidateArgs),
     /// Sweep knobs over seeds and recommend the densest setting that holds every SLO.
     Tune(tune::TuneArgs),
+    /// Run scenarios over seeds; fail on an SLO breach or a regression from the baseline.
+    Check(gate::check::CheckArgs),
+    /// Record the p90 over seeds of every SLO as the baseline `check` compares against.
+    Baseline(gate::baseline::BaselineArgs),
+    /// Swarm-test a scenario over seeds: invariants, liveness, shrinking, determinism.
+    Explore(explore::ExploreArgs),
+    /// Keep one agent process alive (rung 1 of the ladder); events as JSON lines on stdout.
+    /// Exit 3 when restarting in place cannot help and the controller must take over.
+    Supervise(supervise::SuperviseArgs),
     /// Print the JSON Schema of scenario files.
     Schema,
 }
@@ -38,6 +52,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sim(args) => sim::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Tune(args) => tune::run(args),
+        Command::Check(args) => gate::check::run(args),
+        Command::Baseline(args) => gate::baseline::run(args),
+        Command::Explore(args) => explore::run(args),
+        Command::Supervise(args) => supervise::run(args),
         Command::Schema => schema::run(),
     }
 }

@@ -314,7 +314,19 @@ proptest! {
         for n in 0..3u32 {
             fleet.join(node(100 + n, n, 64));
         }
-        fleet.run_for(LIVENESS_BOUND_MS);
+        // A rollout restarts its agents wave by wave, each wave waiting out the known-good
+        // dwell: planned work, not recovery, so its time is added to the bound.
+        let rollout_waves: u64 = ops
+            .iter()
+            .map(|(_, op)| match op {
+                Op::Rollout { agents, wave_size, .. } => {
+                    u64::from(agents.count_ones()).div_ceil(u64::from((*wave_size).max(1)))
+                }
+                _ => 0,
+            })
+            .sum();
+        let bound = LIVENESS_BOUND_MS + rollout_waves * (EngineConfig::default().recovery.known_good_dwell_ms + 2 * MINUTE);
+        fleet.run_for(bound);
         let stuck: Vec<(AgentId, Option<AgentStatus>)> = fleet
             .controller
             .agent_ids()
@@ -322,7 +334,18 @@ proptest! {
             .filter(|(_, s)| !matches!(s, Some(AgentStatus::Running | AgentStatus::Parked)))
             .filter(|(a, s)| !(*s == Some(AgentStatus::Queued) && alerted_since_start(&fleet, *a)))
             .collect();
-        prop_assert!(stuck.is_empty(), "not running {} after faults stopped: {:?}",
-            LIVENESS_BOUND_MS, stuck);
+        let history: Vec<String> = stuck
+            .first()
+            .map(|(agent, _)| {
+                fleet
+                    .commands()
+                    .iter()
+                    .filter(|(_, c)| c.agent() == Some(*agent) || matches!(c, Command::ReportRollout { .. }))
+                    .map(|(t, c)| format!("{t} {c:?}"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        prop_assert!(stuck.is_empty(), "not running {} after faults stopped: {:?}\n{}",
+            bound, stuck, history.join("\n"));
     }
 }
