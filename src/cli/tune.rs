@@ -2,6 +2,7 @@
 //! judges every point on its SLOs over several seeds, and recommends the densest setting that
 //! holds them all with a margin.
 
+use super::gate::percentile_nearest_rank;
 use super::runner::{Job, run_all};
 use super::sim::SimError;
 use super::{EXIT_BAD_INPUT, EXIT_FAILED};
@@ -339,24 +340,14 @@ fn seed_result(fingerprint: &str, point: usize, seed: u64, report: &Report) -> S
     }
 }
 
-/// Nearest-rank percentile of `values` (sorted here), `q` in (0, 1].
-fn percentile(values: &mut [f64], q: f64) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(f64::total_cmp);
-    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
-    Some(values[rank - 1])
-}
-
 fn judge_point<'a>(
     knobs: &[(String, f64)],
     seeds: impl Iterator<Item = &'a SeedResult>,
     margin: f64,
 ) -> PointResult {
     let seeds: Vec<&SeedResult> = seeds.collect();
-    let mut densities: Vec<f64> = seeds.iter().map(|s| s.density_ratio).collect();
-    let density = percentile(&mut densities, 0.5).unwrap_or(0.0);
+    let densities: Vec<f64> = seeds.iter().map(|s| s.density_ratio).collect();
+    let density = percentile_nearest_rank(&densities, 50).unwrap_or(0.0);
     let names: Vec<String> = seeds
         .first()
         .map(|s| s.slo.keys().cloned().collect())
@@ -365,12 +356,12 @@ fn judge_point<'a>(
         .into_iter()
         .map(|name| {
             let (comparison, target, _) = seeds[0].slo[&name].clone();
-            let mut values: Vec<f64> = seeds
+            let values: Vec<f64> = seeds
                 .iter()
                 .filter_map(|s| s.slo.get(&name).and_then(|v| v.2))
                 .collect();
             let at_most = comparison == "<=";
-            let measured = percentile(&mut values, if at_most { 0.9 } else { 0.1 });
+            let measured = percentile_nearest_rank(&values, if at_most { 90 } else { 10 });
             let pass = measured.is_none_or(|m| if at_most { m <= target } else { m >= target });
             let headroom = measured.map(|m| headroom(at_most, target, m, margin));
             SloOverSeeds {
@@ -680,15 +671,6 @@ mod tests {
         ] {
             assert!(parse_sweep(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn percentiles_take_the_bad_tail_by_nearest_rank() {
-        let mut values = vec![5.0, 1.0, 4.0, 2.0, 3.0];
-        assert_eq!(percentile(&mut values, 0.9), Some(5.0));
-        assert_eq!(percentile(&mut values, 0.1), Some(1.0));
-        assert_eq!(percentile(&mut values, 0.5), Some(3.0));
-        assert_eq!(percentile(&mut [], 0.5), None);
     }
 
     #[test]

@@ -139,11 +139,12 @@ impl Controller {
             rungs_tried: 1 << Rung::Recreate.number(),
             alerted: false,
         });
+        // A human was paged for this incident already; either way nothing more is due.
+        agent.deadline = None;
         if incident.alerted {
             return;
         }
         incident.alerted = true;
-        agent.deadline = None;
         agent.timeline.get_or_insert_with(Box::default);
         self.note(id, TimelineEvent::Unplaceable);
         let post_mortem = self.post_mortem(id);

@@ -1,7 +1,7 @@
 use crate::harness::{MINUTE, V1, V2, agent, fleet_with_nodes, settle};
 use carapace_engine::{
-    AgentId, AgentStatus, Cause, Command, EngineConfig, EscalationReason, Input, Rung, StartReason,
-    StopReason, SupervisorCommand, TimelineEvent,
+    AgentId, AgentStatus, Cause, Command, EngineConfig, EscalationReason, Input, NodeId, Rung,
+    StartReason, StopReason, SupervisorCommand, TimelineEvent,
 };
 
 const A: AgentId = AgentId(1);
@@ -333,4 +333,27 @@ fn oom_kill_reserves_the_whole_limit_until_samples_say_otherwise() {
     assert!(after > before);
     assert_eq!(after, agent(1, 1).memory_bytes_limit);
     settle(&mut fleet, &[A], MINUTE);
+}
+
+/// Found by `carapace explore` (smoke, swarm seed 62): an agent alerted for lack of room,
+/// started, and queued again before it was known-good kept its past queue deadline, and the
+/// deadline invariant broke when that deadline came round.
+#[test]
+fn a_second_wait_for_room_in_one_incident_leaves_no_stale_deadline() {
+    let mut fleet = fleet_with_nodes(EngineConfig::default(), 1, 1);
+    fleet.lose_node(NodeId(0));
+    fleet.create(agent(1, 1));
+    let queue_deadline = EngineConfig::default().recovery.queue_deadline_ms;
+    fleet.run_for(queue_deadline + MINUTE);
+    assert_eq!(fleet.alerts().count(), 1, "paged once for want of room");
+    assert_eq!(fleet.status(A), Some(AgentStatus::Queued));
+    fleet.rejoin(NodeId(0));
+    let started = fleet.run_while_not(MINUTE, |f| f.status(A) == Some(AgentStatus::Starting));
+    assert!(started, "room is back: the agent starts");
+    fleet.lose_node(NodeId(0));
+    assert_eq!(fleet.status(A), Some(AgentStatus::Queued));
+    // The harness checks every invariant after every step, the deadline one included.
+    fleet.run_for(2 * queue_deadline);
+    assert_eq!(fleet.alerts().count(), 1, "one incident, one page");
+    assert_eq!(fleet.controller.agent(A).unwrap().deadline, None);
 }
