@@ -169,7 +169,13 @@ mod tests {
             Err("HTTP status `503`".into())
         );
         server.await.unwrap();
-        let closed: Probe = format!("tcp://{addr}").parse().unwrap();
-        assert!(closed.check(Duration::from_secs(5)).await.is_err());
+        // A port bound but not listening refuses connections, and stays ours meanwhile, so no
+        // other test can start listening on it.
+        let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+        reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let refused: Probe = format!("tcp://{}", reserved.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        assert!(refused.check(Duration::from_secs(5)).await.is_err());
     }
 }

@@ -129,7 +129,8 @@ fn a_crash_loop_is_restarted_once_then_escalated_with_exit_code_3() {
 
 #[test]
 fn a_hung_process_is_stopped_and_escalated_after_its_probes_fail() {
-    // A real HTTP server that answers for a while, then stops listening but stays alive.
+    // A real HTTP server that answers three probes, then stops listening but stays alive:
+    // counted, not timed, so a slow machine cannot make it stop before the first answer.
     let scratch = Scratch::new("hang");
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -140,15 +141,19 @@ fn a_hung_process_is_stopped_and_escalated_after_its_probes_fail() {
         &format!(
             r#"
 import http.server, socketserver, threading, time
+answered = 0
 class Ok(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
+        global answered
+        # Counted first: a probe may hang up once it has the status line.
+        answered += 1
+        if answered == 3:
+            threading.Thread(target=lambda: (server.shutdown(), server.server_close())).start()
         self.send_response(200); self.end_headers(); self.wfile.write(b"ok")
     def log_message(self, *args): pass
 socketserver.TCPServer.allow_reuse_address = True
 server = socketserver.TCPServer(("127.0.0.1", {port}), Ok)
 threading.Thread(target=server.serve_forever, daemon=True).start()
-time.sleep(1.5)
-server.shutdown(); server.server_close()
 time.sleep(600)
 "#
         ),
