@@ -27,19 +27,20 @@ pub fn lines(
     y_max: Option<f64>,
     step: bool,
 ) -> String {
-    let x_max = lines
-        .iter()
-        .flat_map(|l| l.points.iter().map(|p| p.0))
-        .fold(0.0, f64::max)
-        .max(1e-9);
-    let y_max = y_max
-        .unwrap_or_else(|| {
+    let x_max = nice_axis(
+        lines
+            .iter()
+            .flat_map(|l| l.points.iter().map(|p| p.0))
+            .fold(0.0, f64::max),
+    );
+    let y_max = y_max.unwrap_or_else(|| {
+        nice_axis(
             lines
                 .iter()
                 .flat_map(|l| l.points.iter().map(|p| p.1))
-                .fold(0.0, f64::max)
-        })
-        .max(1e-9);
+                .fold(0.0, f64::max),
+        )
+    });
     let mut svg = frame(title, x_label, y_label, x_max, y_max);
     for (i, line) in lines.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
@@ -79,7 +80,7 @@ pub fn lines(
 
 /// A bar chart with one labelled bar per category.
 pub fn bars(title: &str, y_label: &str, bars: &[(&str, f64)]) -> String {
-    let y_max = bars.iter().map(|b| b.1).fold(0.0, f64::max).max(1.0);
+    let y_max = nice_axis(bars.iter().map(|b| b.1).fold(0.0, f64::max).max(1.0));
     let mut svg = frame(title, "", y_label, 0.0, y_max);
     let plot_width = WIDTH - LEFT - RIGHT;
     let slot = plot_width / bars.len().max(1) as f64;
@@ -170,6 +171,23 @@ fn frame(title: &str, x_label: &str, y_label: &str, x_max: f64, y_max: f64) -> S
     )
     .unwrap();
     svg
+}
+
+/// The smallest axis end at or above `max` whose four ticks are round numbers (1, 2, 2.5 or 5
+/// times a power of ten).
+fn nice_axis(max: f64) -> f64 {
+    if !(max.is_finite() && max > 0.0) {
+        return 1.0;
+    }
+    let raw_step = max / 4.0;
+    // libm, not the platform maths library: the SVG must be the same bytes everywhere.
+    let magnitude = libm::pow(10.0, libm::floor(libm::log10(raw_step)));
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * magnitude)
+        .find(|step| *step >= raw_step)
+        .unwrap_or(10.0 * magnitude);
+    step * 4.0
 }
 
 fn sx(x: f64, x_max: f64) -> f64 {
@@ -310,4 +328,19 @@ pub fn heatmap(
     .unwrap();
     svg.push_str("</svg>\n");
     svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nice_axis;
+
+    #[test]
+    fn axes_end_on_round_ticks() {
+        assert_eq!(nice_axis(39.5), 40.0);
+        assert_eq!(nice_axis(168.0), 200.0);
+        assert_eq!(nice_axis(0.87), 1.0);
+        assert_eq!(nice_axis(3.44), 4.0);
+        assert_eq!(nice_axis(0.0), 1.0);
+        assert_eq!(nice_axis(f64::NAN), 1.0);
+    }
 }
