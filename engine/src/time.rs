@@ -6,7 +6,7 @@ use std::ops::{Add, Sub};
 
 /// Milliseconds since the epoch of the run (the scenario start, or the daemon's journal epoch).
 ///
-/// A plain integer rather than `std::time::Instant`, because an `Instant` cannot be rebuilt
+/// A plain integer rather than a clock instant, because an instant cannot be rebuilt
 /// from a journal and two runs must produce identical decisions from identical inputs.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,

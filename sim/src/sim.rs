@@ -767,17 +767,20 @@ impl Simulation {
         agent.spike_until = Millis::ZERO;
     }
 
-    fn on_probe_fail(&mut self, id: AgentId, life: u32) {
+    /// The pod of process `life` of `id`, if that process still lives in `state` on an up node:
+    /// a probe result about any other process is stale.
+    fn probed_pod(&self, id: AgentId, life: u32, state: ProcessState) -> Option<Pod> {
         let agent = &self.agents[id.index()];
-        let (Some(process), Some(pod)) = (agent.process, agent.pod) else {
+        let (process, pod) = (agent.process?, agent.pod?);
+        let current =
+            process.life == life && process.state == state && self.nodes[pod.node.index()].up;
+        current.then_some(pod)
+    }
+
+    fn on_probe_fail(&mut self, id: AgentId, life: u32) {
+        let Some(pod) = self.probed_pod(id, life, ProcessState::Hung) else {
             return;
         };
-        if process.life != life
-            || process.state != ProcessState::Hung
-            || !self.nodes[pod.node.index()].up
-        {
-            return;
-        }
         self.measures.observed(id, self.now);
         self.feed(Input::ProbeFailed {
             agent: id,
@@ -875,16 +878,9 @@ impl Simulation {
     }
 
     fn on_probe_ok(&mut self, id: AgentId, life: u32) {
-        let agent = &self.agents[id.index()];
-        let (Some(process), Some(pod)) = (agent.process, agent.pod) else {
+        let Some(pod) = self.probed_pod(id, life, ProcessState::Serving) else {
             return;
         };
-        if process.life != life
-            || process.state != ProcessState::Serving
-            || !self.nodes[pod.node.index()].up
-        {
-            return;
-        }
         self.feed_supervisor(
             pod.node,
             SupervisorInput::ProbeSucceeded {

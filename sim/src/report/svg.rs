@@ -106,7 +106,8 @@ pub fn bars(title: &str, y_label: &str, bars: &[(&str, f64)]) -> String {
     svg
 }
 
-fn frame(title: &str, x_label: &str, y_label: &str, x_max: f64, y_max: f64) -> String {
+/// The opening tag, background and title every chart starts with.
+fn header(title: &str) -> String {
     let mut svg = String::new();
     writeln!(
         svg,
@@ -125,6 +126,11 @@ fn frame(title: &str, x_label: &str, y_label: &str, x_max: f64, y_max: f64) -> S
         escape(title)
     )
     .unwrap();
+    svg
+}
+
+fn frame(title: &str, x_label: &str, y_label: &str, x_max: f64, y_max: f64) -> String {
+    let mut svg = header(title);
     let (x0, x1, y0, y1) = (LEFT, WIDTH - RIGHT, TOP, HEIGHT - BOTTOM);
     writeln!(
         svg,
@@ -238,24 +244,7 @@ pub fn heatmap(
     y_ticks: &[String],
     cells: &[Cell],
 ) -> String {
-    let mut svg = String::new();
-    writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" font-family="sans-serif" role="img" aria-label="{}">"#,
-        escape(title)
-    )
-    .unwrap();
-    writeln!(
-        svg,
-        r#"<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>"#
-    )
-    .unwrap();
-    writeln!(
-        svg,
-        r#"<text x="{LEFT}" y="22" font-size="14" font-weight="bold">{}</text>"#,
-        escape(title)
-    )
-    .unwrap();
+    let mut svg = header(title);
     let columns = x_ticks.len().max(1) as f64;
     let rows = y_ticks.len().max(1) as f64;
     let cell_w = (WIDTH - LEFT - RIGHT) / columns;
