@@ -1,0 +1,92 @@
+//! Desired-state changes during a run: agents created and removed (churn) and rollouts.
+
+use super::*;
+
+impl Simulation {
+    pub(super) fn schedule_churn(&mut self) {
+        let per_day = self.scenario.churn.creates_per_hour * 24.0;
+        let draw = self.churn_counter.next(Component::Churn);
+        let u = self.streams.unit(Component::Churn, 0, draw);
+        if let Some(gap) = exponential_gap(per_day, u) {
+            let at = self.now.max(self.scenario.warmup.0) + gap;
+            if at <= self.end {
+                self.queue.push(at, Event::Churn);
+            }
+        }
+    }
+
+    pub(super) fn churn(&mut self) {
+        self.schedule_churn();
+        let draw = self.churn_counter.next(Component::Churn);
+        let pick = self.streams.u64(Component::Churn, 1, draw);
+        let total: u64 = self
+            .scenario
+            .fleet
+            .classes
+            .iter()
+            .map(|c| u64::from(c.agents))
+            .sum();
+        let mut point = pick % total.max(1);
+        let mut class = 0u16;
+        for (i, c) in self.scenario.fleet.classes.iter().enumerate() {
+            if point < u64::from(c.agents) {
+                class = i as u16;
+                break;
+            }
+            point -= u64::from(c.agents);
+        }
+        let id = AgentId(self.agents.len() as u32);
+        let tenant = (pick >> 32) as u32 % self.scenario.fleet.tenants;
+        self.create_agent(id, class, tenant);
+        // Remove one old agent, so the fleet keeps its size.
+        let victim_draw = self.churn_counter.next(Component::Churn);
+        let start = self.streams.u64(Component::Churn, 2, victim_draw) % u64::from(id.0).max(1);
+        for offset in 0..64u64 {
+            let candidate = AgentId(((start + offset) % u64::from(id.0).max(1)) as u32);
+            if self.agents[candidate.index()].desired && self.controller.agent(candidate).is_some()
+            {
+                self.remove_agent(candidate);
+                break;
+            }
+        }
+    }
+
+    pub(super) fn remove_agent(&mut self, id: AgentId) {
+        self.feed(Input::RemoveAgent { agent: id });
+        if self.controller.agent(id).is_none() {
+            // Removed at once (it held no node).
+            self.agents[id.index()].desired = false;
+            self.measures.forget(id);
+        }
+    }
+
+    pub(super) fn start_rollout(&mut self, index: u32) {
+        let plan = self.scenario.rollouts[index as usize].clone();
+        let Some(class) = self
+            .scenario
+            .fleet
+            .classes
+            .iter()
+            .position(|c| c.name == plan.class)
+        else {
+            return;
+        };
+        let version = Version::new(INITIAL_VERSION.runtime, plan.config_version);
+        if plan.broken {
+            self.broken_versions.insert(version);
+        }
+        let agents: Vec<AgentId> = (0..self.agents.len() as u32)
+            .map(AgentId)
+            .filter(|id| {
+                let a = &self.agents[id.index()];
+                a.desired && usize::from(a.class) == class && self.controller.agent(*id).is_some()
+            })
+            .collect();
+        self.feed(Input::StartRollout(RolloutSpec {
+            id: RolloutId(index),
+            agents,
+            version,
+            wave_size: plan.wave_size,
+        }));
+    }
+}

@@ -1,0 +1,263 @@
+//! The simulated driver: carries out the controller's commands with the scenario's latencies
+//! and reports how each ended.
+
+use super::*;
+
+impl Simulation {
+    pub(super) fn execute(&mut self, command: Command) {
+        match command {
+            Command::Start {
+                id,
+                agent,
+                instance,
+                node,
+                version,
+                snapshot,
+                reason,
+            } => {
+                let mut latency = self.latency(agent, self.scenario.latency.schedule);
+                if !self.nodes[node.index()].versions.contains(&version) {
+                    latency = latency + self.latency(agent, self.scenario.latency.version_pull);
+                }
+                if snapshot.is_some() {
+                    latency = latency + self.latency(agent, self.scenario.latency.snapshot_restore);
+                }
+                latency = latency + self.latency(agent, self.scenario.latency.validate);
+                self.pending_starts.insert((agent, instance), id);
+                self.orders.insert(
+                    id,
+                    Order::Start {
+                        agent,
+                        instance,
+                        node,
+                        version,
+                        snapshot,
+                        reason,
+                    },
+                );
+                self.queue.push(self.now + latency, Event::StartDone(id));
+            }
+            Command::Stop {
+                id,
+                agent,
+                instance,
+                node,
+                snapshot,
+                reason,
+            } => {
+                self.feed_supervisor(node, SupervisorInput::Release { agent, instance });
+                let latency = self.latency(agent, self.scenario.latency.schedule)
+                    + self.latency(agent, self.scenario.latency.stop);
+                self.orders.insert(
+                    id,
+                    Order::Stop {
+                        agent,
+                        instance,
+                        node,
+                        snapshot,
+                        reason,
+                    },
+                );
+                self.queue.push(self.now + latency, Event::StopDone(id));
+            }
+            Command::TakeSnapshot {
+                id,
+                agent,
+                instance,
+                node,
+                snapshot,
+                ..
+            } => {
+                let life = self.agents[agent.index()].process.map(|p| p.life);
+                self.orders.insert(
+                    id,
+                    Order::Snapshot {
+                        agent,
+                        instance,
+                        node,
+                        snapshot,
+                        life,
+                    },
+                );
+                self.queue
+                    .push(self.now + Millis(500), Event::SnapshotDone(id));
+            }
+            Command::Throttle {
+                agent,
+                instance,
+                memory_bytes_high,
+                ..
+            } => {
+                let a = &mut self.agents[agent.index()];
+                if a.pod.is_some_and(|p| p.instance == instance)
+                    && let Some(process) = a.process.as_mut()
+                {
+                    process.memory_high = Some(memory_bytes_high);
+                }
+            }
+            Command::Alert(post_mortem) => {
+                self.stats.alerts += 1;
+                self.alerted.insert(post_mortem.agent);
+                if self.stats.post_mortems.len() < MAX_POST_MORTEMS {
+                    self.stats.post_mortems.push((*post_mortem).clone());
+                }
+                let class = self.classes[usize::from(self.agents[post_mortem.agent.index()].class)]
+                    .name
+                    .clone();
+                self.measures.alerted(post_mortem.agent, &class, self.now);
+            }
+            Command::ReportRollout { rollout, state } => {
+                self.stats
+                    .rollout_events
+                    .push((self.now.0, rollout.0, format!("{state:?}")));
+            }
+            Command::Reject { .. } => self.stats.rejects += 1,
+            _ => self.stats.rejects += 1,
+        }
+    }
+
+    pub(super) fn finish(&mut self, command: CommandId, outcome: Outcome) {
+        self.feed(Input::FinishCommand { command, outcome });
+    }
+
+    pub(super) fn start_done(&mut self, command: CommandId) {
+        let Some(Order::Start {
+            agent: id,
+            instance,
+            node,
+            version,
+            snapshot,
+            reason,
+        }) = self.orders.remove(&command)
+        else {
+            return;
+        };
+        self.pending_starts.remove(&(id, instance));
+        if !self.nodes[node.index()].up || !self.agents[id.index()].desired {
+            self.finish(command, Outcome::Failed);
+            return;
+        }
+        let sim_node = &mut self.nodes[node.index()];
+        if !sim_node.versions.contains(&version) {
+            sim_node.versions.push(version);
+        }
+        sim_node.add_pod(id);
+        let agent = &mut self.agents[id.index()];
+        if let Some(old) = agent.pod
+            && self.nodes[old.node.index()].up
+        {
+            self.stats
+                .invariant_violation
+                .get_or_insert(format!("at {}: two live copies of {id}", self.now));
+        }
+        let agent = &mut self.agents[id.index()];
+        agent.pod = Some(Pod { node, instance });
+        agent.poisoned = snapshot.is_some_and(|s| self.poisoned_snapshots.contains(&(id, s)));
+        if reason == StartReason::RestoreKnownGood {
+            agent.config_broken = false;
+        }
+        if agent.config_broken || self.broken_versions.contains(&version) {
+            if !self.measures.is_open(id) && self.broken_versions.contains(&version) {
+                self.measures.fault(id, Fault::BrokenRelease, self.now);
+            }
+            self.measures.observed(id, self.now);
+            self.feed(Input::RejectConfig {
+                agent: id,
+                instance,
+                version,
+            });
+            self.finish(command, Outcome::Failed);
+            return;
+        }
+        let boot = self.scenario.latency.boot;
+        self.spawn(id, boot);
+        self.feed_supervisor(
+            node,
+            SupervisorInput::Adopt {
+                agent: id,
+                instance,
+            },
+        );
+        self.feed(Input::AgentStarted {
+            agent: id,
+            instance,
+        });
+        self.finish(command, Outcome::Succeeded);
+    }
+
+    pub(super) fn stop_done(&mut self, command: CommandId) {
+        let Some(Order::Stop {
+            agent: id,
+            instance,
+            node,
+            snapshot,
+            reason,
+        }) = self.orders.remove(&command)
+        else {
+            return;
+        };
+        if !self.nodes[node.index()].up {
+            self.finish(command, Outcome::Failed);
+            return;
+        }
+        if let Some(start) = self.pending_starts.remove(&(id, instance)) {
+            // The pod was still being created: the stop cancels it and it never runs.
+            self.orders.remove(&start);
+            self.finish(start, Outcome::Failed);
+        }
+        let agent = &self.agents[id.index()];
+        if agent.pod == Some(Pod { node, instance }) {
+            if agent.serving() {
+                match reason {
+                    StopReason::Evict => self.measures.fault(id, Fault::Evicted, self.now),
+                    StopReason::Migrate | StopReason::Rollout => {
+                        self.measures.planned_disruptions += 1
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(snapshot) = snapshot
+                && self.agents[id.index()].poisoned
+            {
+                self.poisoned_snapshots.insert((id, snapshot));
+            }
+            self.kill_process(id);
+            self.agents[id.index()].pod = None;
+            self.nodes[node.index()].remove_pod(id);
+        }
+        if reason == StopReason::Remove {
+            self.agents[id.index()].desired = false;
+            self.measures.forget(id);
+        }
+        self.finish(command, Outcome::Succeeded);
+    }
+
+    pub(super) fn snapshot_done(&mut self, command: CommandId) {
+        let Some(Order::Snapshot {
+            agent: id,
+            instance,
+            node,
+            snapshot,
+            life,
+        }) = self.orders.remove(&command)
+        else {
+            return;
+        };
+        let agent = &self.agents[id.index()];
+        let ok = self.nodes[node.index()].up
+            && agent.pod == Some(Pod { node, instance })
+            && life.is_some()
+            && agent.process.map(|p| p.life) == life;
+        if ok && agent.poisoned {
+            self.poisoned_snapshots.insert((id, snapshot));
+        }
+        self.finish(
+            command,
+            if ok {
+                Outcome::Succeeded
+            } else {
+                Outcome::Failed
+            },
+        );
+    }
+}

@@ -1,0 +1,571 @@
+//! The discrete-event loop. It owns virtual time, the world and the faults; every decision
+//! comes from the engine's Controller and Supervisors, driven through their public API exactly
+//! as the production driver drives them.
+
+mod checks;
+mod desired;
+mod driver;
+mod engine_io;
+mod faults;
+mod memory;
+mod processes;
+
+use crate::dist::{exponential_gap, sample};
+use crate::measures::{Fault, Measures};
+use crate::queue::EventQueue;
+use crate::rng::{Component, Counters, Streams};
+use crate::scenario::{Dist, Scenario};
+use crate::trace::MemorySeries;
+use crate::world::{ClassModel, Pod, Process, ProcessState, SimAgent, SimNode, modelled_memory};
+use carapace_engine::{
+    AgentId, AgentSpec, Command, CommandId, Controller, EngineError, Input, Instance, Millis,
+    NodeId, NodeSpec, Outcome, Priority, RegionId, RolloutId, RolloutSpec, SnapshotId, StartReason,
+    StopReason, SupervisorCommand, SupervisorInput, TenantId, Version, ZoneId,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+/// Events of the world. Small and `Copy`: millions of them pass through the queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Event {
+    NodeTick(NodeId),
+    Bucket,
+    Fault(AgentId, FaultKind),
+    NodeFail(NodeId),
+    NodeLostDetected(NodeId),
+    NodeRepaired(NodeId),
+    Ready { agent: AgentId, life: u32 },
+    ProbeOk { agent: AgentId, life: u32 },
+    ProbeFail { agent: AgentId, life: u32 },
+    ResumeCrash { agent: AgentId, life: u32 },
+    StartDone(CommandId),
+    StopDone(CommandId),
+    SnapshotDone(CommandId),
+    ControllerWake,
+    SupervisorWake(NodeId),
+    Churn,
+    Rollout(u32),
+}
+
+/// Names of the event kinds, in the order of [`RunStats::events_by_kind`].
+pub const EVENT_KINDS: [&str; 17] = [
+    "node_tick",
+    "bucket",
+    "fault",
+    "node_fail",
+    "node_lost_detected",
+    "node_repaired",
+    "ready",
+    "probe_ok",
+    "probe_fail",
+    "resume_crash",
+    "start_done",
+    "stop_done",
+    "snapshot_done",
+    "controller_wake",
+    "supervisor_wake",
+    "churn",
+    "rollout",
+];
+
+impl Event {
+    /// The index of this event's kind in [`EVENT_KINDS`].
+    const fn kind(&self) -> usize {
+        match self {
+            Event::NodeTick(_) => 0,
+            Event::Bucket => 1,
+            Event::Fault(..) => 2,
+            Event::NodeFail(_) => 3,
+            Event::NodeLostDetected(_) => 4,
+            Event::NodeRepaired(_) => 5,
+            Event::Ready { .. } => 6,
+            Event::ProbeOk { .. } => 7,
+            Event::ProbeFail { .. } => 8,
+            Event::ResumeCrash { .. } => 9,
+            Event::StartDone(_) => 10,
+            Event::StopDone(_) => 11,
+            Event::SnapshotDone(_) => 12,
+            Event::ControllerWake => 13,
+            Event::SupervisorWake(_) => 14,
+            Event::Churn => 15,
+            Event::Rollout(_) => 16,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum FaultKind {
+    Crash,
+    Hang,
+    ConfigCorruption,
+    Spike,
+}
+
+/// A command the simulated driver is carrying out.
+#[derive(Clone, Copy, Debug)]
+enum Order {
+    Start {
+        agent: AgentId,
+        instance: Instance,
+        node: NodeId,
+        version: Version,
+        snapshot: Option<SnapshotId>,
+        reason: StartReason,
+    },
+    Stop {
+        agent: AgentId,
+        instance: Instance,
+        node: NodeId,
+        snapshot: Option<SnapshotId>,
+        reason: StopReason,
+    },
+    Snapshot {
+        agent: AgentId,
+        instance: Instance,
+        node: NodeId,
+        snapshot: SnapshotId,
+        /// The process the snapshot reads; if it dies meanwhile the snapshot is not consistent.
+        life: Option<u32>,
+    },
+}
+
+/// Totals about the run itself (not the fleet).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunStats {
+    pub events: u64,
+    /// Events processed, by kind (indexed as [`EVENT_KINDS`]); for the whole-run bench.
+    pub events_by_kind: [u64; EVENT_KINDS.len()],
+    pub engine_inputs: u64,
+    pub engine_commands: u64,
+    /// Inputs the engine refused; a correct driver causes none but late reports of removed agents.
+    pub engine_errors: u64,
+    pub first_engine_error: Option<String>,
+    /// The first refusal other than a late report about a removed agent: a driver bug or an
+    /// engine bug, never expected (explore fails a run on it).
+    pub first_unexpected_engine_error: Option<String>,
+    pub rejects: u64,
+    pub memory_samples_fed: u64,
+    pub command_stream_hash: u64,
+    pub alerts: u64,
+    pub rollout_events: Vec<(u64, u32, String)>,
+    /// The first post-mortems of the run (bounded by [`MAX_POST_MORTEMS`]).
+    pub post_mortems: Vec<carapace_engine::PostMortem>,
+    pub invariant_violation: Option<String>,
+}
+
+/// One simulation run.
+#[derive(Debug)]
+pub struct Simulation {
+    pub(crate) scenario: Scenario,
+    pub(crate) controller: Controller,
+    pub(crate) nodes: Vec<SimNode>,
+    pub(crate) agents: Vec<SimAgent>,
+    pub(crate) classes: Vec<ClassModel>,
+    pub(crate) measures: Measures,
+    pub(crate) stats: RunStats,
+    queue: EventQueue<Event>,
+    streams: Streams,
+    now: Millis,
+    end: Millis,
+    controller_wake: Option<Millis>,
+    orders: BTreeMap<CommandId, Order>,
+    /// Starts still being carried out, by the instance they create: a stop of that instance
+    /// cancels its start, as a real node serialises operations on one pod.
+    pending_starts: BTreeMap<(AgentId, Instance), CommandId>,
+    poisoned_snapshots: BTreeSet<(AgentId, SnapshotId)>,
+    broken_versions: BTreeSet<Version>,
+    node_counters: Vec<Counters>,
+    churn_counter: Counters,
+    series: Vec<MemorySeries>,
+    /// Trace index per class, when the class replays one.
+    class_trace: Vec<Option<usize>>,
+    serving: u32,
+    check_invariants_every: u64,
+    /// Test hook: every fault arrival as it comes due, when recording is on (see
+    /// [`Simulation::record_fault_arrivals`]).
+    fault_arrivals: Option<Vec<(Millis, AgentId, &'static str)>>,
+    /// No fault, node failure or churn arrives after this (see [`Simulation::stop_faults_at`]).
+    faults_end: Millis,
+    /// Explore hook: the first commands of the run, when recording (see
+    /// [`Simulation::record_commands`]).
+    command_log: Option<CommandLog>,
+    /// Agents the engine raised an alert about, at any time of the run.
+    alerted: BTreeSet<AgentId>,
+}
+
+/// The first commands of a run, bounded, as `(time, agent, Debug text)`.
+#[derive(Debug, Default)]
+struct CommandLog {
+    limit: usize,
+    entries: Vec<(Millis, Option<AgentId>, String)>,
+}
+
+const INITIAL_VERSION: Version = Version::new(1, 1);
+
+/// Post-mortems kept for the report; alerts beyond are counted only.
+pub const MAX_POST_MORTEMS: usize = 200;
+
+impl Simulation {
+    /// Builds the world of `scenario`; `series` are the loaded memory traces, one entry per class
+    /// that replays one (see [`crate::trace::load_for`]).
+    pub fn new(
+        scenario: Scenario,
+        series: Vec<(usize, MemorySeries)>,
+    ) -> Result<Simulation, EngineError> {
+        let mut policy = scenario.policy.clone();
+        policy.seed = scenario.seed;
+        let controller = Controller::new(policy.clone()).map_err(|e| EngineError::InvalidSpec {
+            subject: "policy".into(),
+            field: e.field,
+            problem: e.problem.into(),
+        })?;
+        let classes: Vec<ClassModel> = scenario.fleet.classes.iter().map(ClassModel::new).collect();
+        let mut class_trace = vec![None; classes.len()];
+        let mut loaded = Vec::new();
+        for (class, s) in series {
+            class_trace[class] = Some(loaded.len());
+            loaded.push(s);
+        }
+        let nodes = (0..scenario.fleet.nodes)
+            .map(|_| SimNode::new(scenario.fleet.node_memory.0, policy.supervisor.clone()))
+            .collect();
+        let end = scenario.duration.0;
+        let mut sim = Simulation {
+            measures: Measures::new(scenario.warmup.0),
+            streams: Streams::new(scenario.seed),
+            node_counters: vec![Counters::default(); scenario.fleet.nodes as usize],
+            scenario,
+            controller,
+            nodes,
+            agents: Vec::new(),
+            classes,
+            stats: RunStats::default(),
+            queue: EventQueue::default(),
+            now: Millis::ZERO,
+            end,
+            controller_wake: None,
+            orders: BTreeMap::new(),
+            pending_starts: BTreeMap::new(),
+            poisoned_snapshots: BTreeSet::new(),
+            broken_versions: BTreeSet::new(),
+            churn_counter: Counters::default(),
+            series: loaded,
+            class_trace,
+            serving: 0,
+            check_invariants_every: 0,
+            fault_arrivals: None,
+            faults_end: end,
+            command_log: None,
+            alerted: BTreeSet::new(),
+        };
+        sim.populate()?;
+        Ok(sim)
+    }
+
+    /// Checks the engine's invariants every `n` events (0: never). Costs O(fleet) per check.
+    pub fn check_invariants_every(&mut self, n: u64) {
+        self.check_invariants_every = n;
+    }
+
+    /// Test hook: record every fault arrival (time, agent, kind) as it comes due, before any
+    /// check of the agent's state, so tests can compare fault streams across scenarios. Off by
+    /// default; turning it off drops what was recorded.
+    pub fn record_fault_arrivals(&mut self, on: bool) {
+        self.fault_arrivals = on.then(Vec::new);
+    }
+
+    /// The fault arrivals recorded so far, in the order they came due (empty unless recording).
+    pub fn fault_arrivals(&self) -> &[(Millis, AgentId, &'static str)] {
+        self.fault_arrivals.as_deref().unwrap_or_default()
+    }
+
+    /// Explore hook: no new agent fault, node failure or churn arrives after `at`; what is in
+    /// flight (a spike, a failed node's repair, a recovery, a rollout) runs its course. With
+    /// the faults over, every recoverable agent must run again before the end: the liveness
+    /// check of `explore`. By default faults arrive until the end.
+    pub fn stop_faults_at(&mut self, at: Millis) {
+        self.faults_end = at;
+    }
+
+    /// Explore hook: keep the first `limit` commands the engine emits (time, agent, `Debug`
+    /// text), to name the first difference between two runs or an agent's timeline. Off by
+    /// default (`limit` 0); recording costs an allocation per command.
+    pub fn record_commands(&mut self, limit: usize) {
+        self.command_log = (limit > 0).then(|| CommandLog {
+            limit,
+            entries: Vec::new(),
+        });
+    }
+
+    /// The commands recorded so far (empty unless recording).
+    pub fn commands(&self) -> &[(Millis, Option<AgentId>, String)] {
+        self.command_log
+            .as_ref()
+            .map_or(&[], |log| log.entries.as_slice())
+    }
+
+    /// The engine, for read-only checks of its view (agent status, invariants).
+    pub fn controller(&self) -> &Controller {
+        &self.controller
+    }
+
+    /// Totals about the run: events, engine errors, the command-stream hash, violations.
+    pub fn stats(&self) -> &RunStats {
+        &self.stats
+    }
+
+    /// Whether the engine ever raised an alert about `agent` (paged a human) in this run.
+    pub fn was_alerted(&self, agent: AgentId) -> bool {
+        self.alerted.contains(&agent)
+    }
+
+    pub fn now(&self) -> Millis {
+        self.now
+    }
+
+    pub fn end(&self) -> Millis {
+        self.end
+    }
+
+    /// Events waiting in the queue (one-off and periodic), for the whole-run bench: after
+    /// [`Simulation::new`] it is the occupancy the run starts with.
+    pub fn pending_events(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Runs to the end, calling `progress(now)` every so often.
+    pub fn run(&mut self, mut progress: impl FnMut(Millis)) {
+        let mut next_progress = 0u64;
+        while let Some(at) = self.queue.peek_time() {
+            if at > self.end {
+                break;
+            }
+            let (at, event) = self.queue.pop().expect("peeked");
+            self.now = at;
+            self.stats.events += 1;
+            self.stats.events_by_kind[event.kind()] += 1;
+            self.dispatch(event);
+            if self.stats.events >= next_progress {
+                next_progress = self.stats.events + 65_536;
+                progress(self.now);
+            }
+            if self.check_invariants_every > 0
+                && self
+                    .stats
+                    .events
+                    .is_multiple_of(self.check_invariants_every)
+                && self.stats.invariant_violation.is_none()
+            {
+                self.check_world();
+            }
+        }
+        self.now = self.end;
+        progress(self.end);
+        self.check_world();
+    }
+
+    fn populate(&mut self) -> Result<(), EngineError> {
+        let fleet = self.scenario.fleet.clone();
+        for index in 0..fleet.nodes {
+            let zone = index % fleet.zones;
+            let region = zone % fleet.regions;
+            self.feed(Input::JoinNode(NodeSpec {
+                id: NodeId(index),
+                region: RegionId(region),
+                zone: ZoneId(zone),
+                memory_bytes_capacity: fleet.node_memory.0,
+            }));
+            // Stagger the ticks so nodes do not all sample at the same millisecond.
+            let period = self.scenario.probes.memory_interval.ms();
+            let offset = u64::from(index) * period / u64::from(fleet.nodes);
+            self.queue
+                .push_periodic(Millis(offset), Event::NodeTick(NodeId(index)));
+            self.schedule_node_failure(NodeId(index), Millis::ZERO);
+        }
+        for (i, loss) in self
+            .scenario
+            .node_faults
+            .scheduled
+            .clone()
+            .into_iter()
+            .enumerate()
+        {
+            let _ = i;
+            self.queue
+                .push(loss.at.0, Event::NodeFail(NodeId(loss.node)));
+        }
+        let mut id = 0u32;
+        for (class, spec) in fleet.classes.iter().enumerate() {
+            for _ in 0..spec.agents {
+                let tenant = id % fleet.tenants;
+                self.create_agent(AgentId(id), class as u16, tenant);
+                id += 1;
+            }
+        }
+        self.queue
+            .push(self.scenario.report.bucket.0, Event::Bucket);
+        self.schedule_churn();
+        for (i, rollout) in self.scenario.rollouts.iter().enumerate() {
+            self.queue.push(rollout.at.0, Event::Rollout(i as u32));
+        }
+        Ok(())
+    }
+
+    fn create_agent(&mut self, id: AgentId, class: u16, tenant: u32) {
+        let model = &self.scenario.fleet.classes[usize::from(class)];
+        let mut counters = Counters::default();
+        let jitter = model.memory.baseline_jitter;
+        let u = self.streams.unit(
+            Component::Baseline,
+            id.0,
+            counters.next(Component::Baseline),
+        );
+        let baseline = (model.memory.baseline.0 as f64 * (1.0 + jitter * (2.0 * u - 1.0))) as u64;
+        let trace = self.class_trace[usize::from(class)].map(|t| {
+            let series = &self.series[t];
+            let pick = self.streams.u64(Component::TraceAssignment, id.0, 0);
+            let phase =
+                self.streams.u64(Component::TraceAssignment, id.0, 1) % series.period_ms().max(1);
+            ((pick % series.len() as u64) as u32, phase)
+        });
+        let agent = SimAgent {
+            class,
+            desired: true,
+            counters,
+            baseline_bytes: baseline,
+            poisoned: false,
+            config_broken: false,
+            spike_until: Millis::ZERO,
+            spike_bytes: 0,
+            pod: None,
+            process: None,
+            lives: 0,
+            last_fed_bytes: 0,
+            last_fed_at: Millis::ZERO,
+            trace,
+        };
+        if self.agents.len() <= id.index() {
+            self.agents.resize_with(id.index() + 1, placeholder_agent);
+        }
+        self.agents[id.index()] = agent;
+        let class_model = &self.classes[usize::from(class)];
+        let spec = AgentSpec {
+            id,
+            tenant: TenantId(tenant),
+            class,
+            priority: Priority(class_model.priority),
+            memory_bytes_limit: class_model.limit_bytes,
+            memory_bytes_request: class_model.request_bytes,
+            version: INITIAL_VERSION,
+            depends_on: Vec::new(),
+            allowed_zones: Vec::new(),
+        };
+        self.measures.provisioning_started(id, self.now);
+        self.feed(Input::CreateAgent(spec));
+        for kind in [
+            FaultKind::Crash,
+            FaultKind::Hang,
+            FaultKind::ConfigCorruption,
+            FaultKind::Spike,
+        ] {
+            self.schedule_fault(id, kind);
+        }
+    }
+
+    fn draw_unit(&mut self, agent: AgentId, component: Component) -> f64 {
+        let draw = self.agents[agent.index()].counters.next(component);
+        self.streams.unit(component, agent.0, draw)
+    }
+
+    fn latency(&mut self, agent: AgentId, dist: Dist) -> Millis {
+        let u1 = self.draw_unit(agent, Component::Latency);
+        let u2 = self.draw_unit(agent, Component::Latency);
+        sample(&dist, u1, u2)
+    }
+
+    fn dispatch(&mut self, event: Event) {
+        match event {
+            // Past `stop_faults_at`, arrivals are dropped, and with them their successors.
+            Event::Fault(..) | Event::NodeFail(_) | Event::Churn if self.now > self.faults_end => {}
+            Event::NodeTick(node) => self.node_tick(node),
+            Event::Bucket => self.close_bucket(),
+            Event::Fault(agent, kind) => self.on_fault(agent, kind),
+            Event::NodeFail(node) => self.node_fail(node),
+            Event::NodeLostDetected(node) => self.node_lost_detected(node),
+            Event::NodeRepaired(node) => self.node_repaired(node),
+            Event::Ready { agent, life } => self.on_ready(agent, life),
+            Event::ProbeOk { agent, life } => self.on_probe_ok(agent, life),
+            Event::ProbeFail { agent, life } => self.on_probe_fail(agent, life),
+            Event::ResumeCrash { agent, life } => {
+                if self.agents[agent.index()]
+                    .process
+                    .is_some_and(|p| p.life == life)
+                {
+                    self.measures.fault(agent, Fault::Crash, self.now);
+                    self.exit_process(agent, 1, false);
+                }
+            }
+            Event::StartDone(command) => self.start_done(command),
+            Event::StopDone(command) => self.stop_done(command),
+            Event::SnapshotDone(command) => self.snapshot_done(command),
+            Event::ControllerWake => {
+                if self.controller_wake == Some(self.now) {
+                    self.controller_wake = None;
+                    if let Err(error) = self.controller.handle_timeout(self.now) {
+                        self.note_engine_error(error);
+                    }
+                    self.drain_controller();
+                }
+            }
+            Event::SupervisorWake(node) => {
+                if self.nodes[node.index()].supervisor_wake == Some(self.now) {
+                    self.nodes[node.index()].supervisor_wake = None;
+                    let _ = self.nodes[node.index()].supervisor.handle_timeout(self.now);
+                    self.drain_supervisor(node);
+                }
+            }
+            Event::Churn => self.churn(),
+            Event::Rollout(index) => self.start_rollout(index),
+        }
+    }
+
+    pub fn serving(&self) -> u32 {
+        self.serving
+    }
+}
+
+fn placeholder_agent() -> SimAgent {
+    SimAgent {
+        class: 0,
+        desired: false,
+        counters: Counters::default(),
+        baseline_bytes: 0,
+        poisoned: false,
+        config_broken: false,
+        spike_until: Millis::ZERO,
+        spike_bytes: 0,
+        pod: None,
+        process: None,
+        lives: 0,
+        last_fed_bytes: 0,
+        last_fed_at: Millis::ZERO,
+        trace: None,
+    }
+}
+
+const fn ms(value: u64) -> crate::scenario::Span {
+    crate::scenario::Span(Millis(value))
+}
+
+/// FNV-1a, fed through `fmt::Write` so hashing a command allocates nothing.
+struct Fnv(u64);
+
+impl std::fmt::Write for Fnv {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        for byte in s.bytes() {
+            self.0 ^= u64::from(byte);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+        Ok(())
+    }
+}
