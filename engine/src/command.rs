@@ -22,6 +22,14 @@ pub enum Command {
         version: Version,
         snapshot: Option<SnapshotId>,
         reason: StartReason,
+        /// Attach to a blank instance of the node's warm pool instead of booting a new one.
+        warm: bool,
+    },
+    /// Boot a blank instance of `runtime` on `node` and keep it idle in the node's warm pool.
+    WarmUp {
+        id: CommandId,
+        node: NodeId,
+        runtime: u32,
     },
     /// Stop an instance for good (SIGTERM, then SIGKILL after the grace period) and remove its
     /// pod. When `snapshot` is set, snapshot the state directory once the process is down.
@@ -71,7 +79,7 @@ impl Command {
             | Command::TakeSnapshot { agent, .. }
             | Command::Throttle { agent, .. } => Some(*agent),
             Command::Alert(post_mortem) => Some(post_mortem.agent),
-            Command::ReportRollout { .. } | Command::Reject { .. } => None,
+            Command::WarmUp { .. } | Command::ReportRollout { .. } | Command::Reject { .. } => None,
         }
     }
 
@@ -80,7 +88,8 @@ impl Command {
         match self {
             Command::Start { id, .. }
             | Command::Stop { id, .. }
-            | Command::TakeSnapshot { id, .. } => Some(*id),
+            | Command::TakeSnapshot { id, .. }
+            | Command::WarmUp { id, .. } => Some(*id),
             _ => None,
         }
     }

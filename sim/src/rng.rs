@@ -24,6 +24,7 @@ pub enum Component {
     TraceAssignment = 10,
     Poison = 11,
     ProbePhase = 12,
+    WarmUp = 13,
 }
 
 #[derive(Debug)]
@@ -54,7 +55,7 @@ impl Streams {
 
 /// Per-entity draw counters, one per component that entity uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters([u32; 13]);
+pub struct Counters([u32; 14]);
 
 impl Counters {
     /// The next draw number for `component`.

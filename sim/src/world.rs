@@ -16,6 +16,8 @@ pub struct SimNode {
     pub supervisor: Supervisor,
     pub supervisor_wake: Option<Millis>,
     pub failures: u32,
+    /// Blank instances booted and idle in the node's warm pool.
+    pub warm: u32,
 }
 
 impl SimNode {
@@ -28,6 +30,7 @@ impl SimNode {
             supervisor: Supervisor::new(policy),
             supervisor_wake: None,
             failures: 0,
+            warm: 0,
         }
     }
 

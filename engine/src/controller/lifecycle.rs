@@ -20,6 +20,13 @@ impl Controller {
         }
         let depth = self.dependencies.set(spec.id, &spec.depends_on)?;
         let id = spec.id;
+        if self.warm_runtime.is_none() {
+            // The fleet's runtime is known from its first agent: warm every pool for it.
+            self.warm_runtime = Some(spec.version.runtime);
+            for node in self.node_ids().collect::<Vec<_>>() {
+                self.refill_warm_pool(node);
+            }
+        }
         let launch = Launch {
             reason: StartReason::Provision,
             version: spec.version,
@@ -220,6 +227,8 @@ impl Controller {
             used_bytes: 0,
             unsampled_bytes: 0,
             starting: 0,
+            warm: 0,
+            warming: 0,
             agents: Vec::new(),
             versions: [None; VERSION_CACHE],
             last_heartbeat: None,
@@ -236,6 +245,7 @@ impl Controller {
         }
         self.topology.add(&node.spec);
         self.nodes[index] = Some(node);
+        self.refill_warm_pool(NodeId(index as u32));
         self.retry_unplaced();
         Ok(())
     }
@@ -309,6 +319,10 @@ impl Controller {
         }
         node.state = NodeState::Lost;
         node.last_heartbeat = None;
+        node.warm = 0;
+        node.warming = 0;
+        self.warming.retain(|_, n| *n != id);
+        let node = self.node_mut(id)?;
         let agents = node.agents.clone();
         // Commands sent to the lost node will never report back: forget them.
         let lost: std::collections::BTreeSet<(AgentId, Instance)> = agents
@@ -453,6 +467,10 @@ impl Controller {
     }
 
     pub(super) fn on_finished(&mut self, command: crate::CommandId, outcome: Outcome) {
+        if let Some(node) = self.warming.remove(&command) {
+            self.on_warmed(node, outcome);
+            return;
+        }
         let Some(flight) = self.in_flight.remove(&command) else {
             self.stats.stale_inputs += 1;
             return;
@@ -679,6 +697,7 @@ impl Controller {
             },
         );
         self.attach_node(id, node_id);
+        let warm = self.take_warm_instance(node_id, launch);
         self.set_phase(id, Phase::Starting { command });
         self.agent_expect(id).counted_starting = true;
         self.node_expect(node_id).starting += 1;
@@ -701,7 +720,58 @@ impl Controller {
             version: launch.version,
             snapshot,
             reason: launch.reason,
+            warm,
         });
+    }
+
+    /// A new agent takes a blank instance from the node's warm pool when one of its runtime
+    /// is idle there; the pool is refilled at once.
+    fn take_warm_instance(&mut self, node_id: NodeId, launch: Launch) -> bool {
+        let runtime_matches = self.warm_runtime == Some(launch.version.runtime);
+        let node = self.node_expect(node_id);
+        if launch.reason != StartReason::Provision || !runtime_matches || node.warm == 0 {
+            return false;
+        }
+        node.warm -= 1;
+        self.refill_warm_pool(node_id);
+        true
+    }
+
+    /// Boots blank instances until the node's pool is full (bounded by the pool size).
+    pub(super) fn refill_warm_pool(&mut self, node_id: NodeId) {
+        let Some(runtime) = self.warm_runtime else {
+            return;
+        };
+        let per_node = self.config.placement.warm_pool_per_node;
+        loop {
+            let node = self.node_expect(node_id);
+            if node.state != NodeState::Ready || node.warm + node.warming >= per_node {
+                return;
+            }
+            node.warming += 1;
+            let id = self.next_command_id();
+            self.warming.insert(id, node_id);
+            self.emit(Command::WarmUp {
+                id,
+                node: node_id,
+                runtime,
+            });
+        }
+    }
+
+    /// A warm-up ended: the instance joins the pool, or the slot stays empty until the pool
+    /// is next used (a failing node is not hammered with warm-ups).
+    fn on_warmed(&mut self, node_id: NodeId, outcome: Outcome) {
+        let Ok(node) = self.node_mut(node_id) else {
+            return;
+        };
+        if node.state == NodeState::Lost {
+            return;
+        }
+        node.warming = node.warming.saturating_sub(1);
+        if outcome == Outcome::Succeeded {
+            node.warm += 1;
+        }
     }
 
     /// Issues a stop of the agent's pod; `then` follows when it completes.

@@ -77,6 +77,10 @@ pub struct Controller {
     bucket: TokenBucket,
     starting: u32,
     rollouts: BTreeMap<RolloutId, Rollout>,
+    /// The runtime warm pools are booted with: the first agent's.
+    warm_runtime: Option<u32>,
+    /// Warm-ups under way, by command.
+    warming: BTreeMap<CommandId, NodeId>,
     rng: ChaCha8Rng,
     /// Reused by placement so that scoring allocates nothing.
     scores: Vec<i64>,
@@ -138,6 +142,8 @@ pub struct NodeView {
     pub agents: u32,
     pub lost: bool,
     pub draining: bool,
+    /// Blank instances idle in the node's warm pool.
+    pub warm: u16,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -217,6 +223,8 @@ impl Controller {
             bucket,
             starting: 0,
             rollouts: BTreeMap::new(),
+            warm_runtime: None,
+            warming: BTreeMap::new(),
             rng,
             scores: Vec::new(),
             zone_penalties: Vec::new(),
@@ -291,6 +299,7 @@ impl Controller {
             reserved_bytes: node.reserved_bytes,
             used_bytes: node.used_bytes,
             agents: node.agents.len() as u32,
+            warm: node.warm,
             lost: node.state == state::NodeState::Lost,
             draining: node.state == state::NodeState::Draining,
         })

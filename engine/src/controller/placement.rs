@@ -70,7 +70,10 @@ impl Controller {
                     // placed but not yet measured, and this agent's reservation (which covers
                     // its own spikes). Summing every agent's spike-covering reservation would
                     // count spikes that never coincide, and leave a spiky fleet no room.
-                    let expected = node.used_bytes + node.unsampled_bytes + reservation;
+                    let warm_bytes =
+                        u64::from(node.warm + node.warming) * policy.warm_instance_bytes;
+                    let expected =
+                        node.used_bytes + node.unsampled_bytes + warm_bytes + reservation;
                     let fits = node.committed_bytes + limit <= node.cap_bytes
                         && expected
                             <= if recovering {
@@ -87,6 +90,12 @@ impl Controller {
                             ((capacity - expected.min(capacity)) * 1000 / capacity) as i64;
                         let mut score = policy.weight_headroom * headroom_permille
                             - zone_penalties[node.spec.zone.index()];
+                        if reason == StartReason::Provision
+                            && node.warm > 0
+                            && self.warm_runtime == Some(version.runtime)
+                        {
+                            score += policy.bonus_warm_instance;
+                        }
                         if node.has_version(version) {
                             score += policy.bonus_version_cached;
                         }

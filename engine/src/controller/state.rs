@@ -227,6 +227,9 @@ pub(crate) struct Node {
     /// Reservations of agents placed here that have not reported memory yet: usage on its way.
     pub unsampled_bytes: u64,
     pub starting: u16,
+    /// Blank instances booted and idle (the warm pool), and those booting.
+    pub warm: u16,
+    pub warming: u16,
     /// Agents whose pods are here, sorted by id.
     pub agents: Vec<AgentId>,
     pub versions: [Option<Version>; VERSION_CACHE],

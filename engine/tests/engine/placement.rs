@@ -373,3 +373,67 @@ fn a_zone_cannot_move_to_another_region() {
         "{refused:?}"
     );
 }
+
+#[test]
+fn a_new_agent_takes_a_warm_instance_and_the_pool_is_refilled() {
+    let mut config = EngineConfig::default();
+    config.placement.warm_pool_per_node = 1;
+    let mut fleet = fleet_with_nodes(config, 2, 2);
+    let warm_ups = |fleet: &Fleet| {
+        fleet
+            .commands()
+            .iter()
+            .filter(|(_, c)| matches!(c, Command::WarmUp { .. }))
+            .count()
+    };
+    assert_eq!(
+        warm_ups(&fleet),
+        0,
+        "no runtime is known before the first agent"
+    );
+    fleet.create(agent(0, 1));
+    assert_eq!(
+        warm_ups(&fleet),
+        2,
+        "the first agent's runtime warms one instance per node"
+    );
+    settle(&mut fleet, &[AgentId(0)], MINUTE);
+    // The first agent came before any pool was warm: it booted cold.
+    assert!(matches!(
+        fleet.starts().next(),
+        Some((_, Command::Start { warm: false, .. }))
+    ));
+    fleet.run_for(MINUTE);
+    assert!(
+        fleet
+            .controller
+            .node_ids()
+            .all(|n| fleet.controller.node(n).unwrap().warm == 1)
+    );
+    fleet.create(agent(1, 2));
+    settle(&mut fleet, &[AgentId(1)], MINUTE);
+    let last = fleet.starts().last().map(|(_, c)| c.clone());
+    assert!(
+        matches!(
+            last,
+            Some(Command::Start {
+                warm: true,
+                reason: StartReason::Provision,
+                ..
+            })
+        ),
+        "{last:?}"
+    );
+    assert_eq!(warm_ups(&fleet), 3, "the pool it came from is refilled");
+    // Recoveries restore state and boot as before: the pool is for new agents.
+    assert!(fleet.crash(AgentId(1)));
+    fleet.run_for(MINUTE);
+    assert!(fleet.starts().all(|(_, c)| !matches!(
+        c,
+        Command::Start {
+            warm: true,
+            reason: StartReason::Recreate,
+            ..
+        }
+    )));
+}

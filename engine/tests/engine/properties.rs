@@ -114,10 +114,13 @@ fn stream() -> impl Strategy<Value = Vec<(u32, Op)>> {
 }
 
 fn config(seed: u64) -> EngineConfig {
-    EngineConfig {
+    let mut config = EngineConfig {
         seed,
         ..EngineConfig::default()
-    }
+    };
+    // A third of the streams run with a warm pool of one or two instances per node.
+    config.placement.warm_pool_per_node = (seed % 3) as u16;
+    config
 }
 
 fn new_fleet(seed: u64) -> Fleet {

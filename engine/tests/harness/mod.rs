@@ -649,6 +649,13 @@ impl Fleet {
                     Event::SnapshotDone { node, command: id },
                 );
             }
+            Command::WarmUp { id, node, .. } => {
+                // A blank instance boots like any other; its end is reported like a snapshot's.
+                self.schedule(
+                    self.timing.boot_ms,
+                    Event::SnapshotDone { node, command: id },
+                );
+            }
             Command::Throttle { .. }
             | Command::Alert(_)
             | Command::ReportRollout { .. }

@@ -257,6 +257,7 @@ fn check(s: &Scenario) -> Vec<(String, String)> {
         ("boot", &s.latency.boot),
         ("boot_after_crash", &s.latency.boot_after_crash),
         ("snapshot_restore", &s.latency.snapshot_restore),
+        ("warm_attach", &s.latency.warm_attach),
         ("stop", &s.latency.stop),
         ("validate", &s.latency.validate),
     ] {

@@ -60,6 +60,9 @@ pub struct Fleet {
     pub regions: u32,
     /// Physical memory per node available to agents.
     pub node_memory: Bytes,
+    /// Memory of one idle warm-pool instance (see `policy.placement.warm_pool_per_node`).
+    #[serde(default = "defaults::warm_instance_memory")]
+    pub warm_instance_memory: Bytes,
     pub tenants: u32,
     pub classes: Vec<AgentClass>,
 }
@@ -217,6 +220,8 @@ pub struct Latency {
     /// Process start to ready after a crash (stale locks are reclaimed first).
     pub boot_after_crash: Dist,
     pub snapshot_restore: Dist,
+    /// A new agent taking a warm-pool instance: loading its config, up to ready.
+    pub warm_attach: Dist,
     /// SIGTERM to exit, plus snapshot when asked.
     pub stop: Dist,
     /// Config validation before start.
@@ -246,6 +251,10 @@ impl Default for Latency {
             snapshot_restore: Dist::LogNormal {
                 median: ms(600),
                 p90: ms(1_500),
+            },
+            warm_attach: Dist::Uniform {
+                min: ms(1_000),
+                max: ms(2_500),
             },
             stop: Dist::Uniform {
                 min: ms(1_500),
@@ -371,6 +380,9 @@ mod defaults {
     }
     pub(super) fn warmup() -> Span {
         Span(carapace_engine::Millis(600_000))
+    }
+    pub(super) fn warm_instance_memory() -> super::Bytes {
+        super::Bytes(750 << 20)
     }
     pub(super) fn spike_ramp() -> Span {
         Span(carapace_engine::Millis(60_000))

@@ -14,9 +14,11 @@ impl Simulation {
                 version,
                 snapshot,
                 reason,
+                warm,
             } => {
                 let mut latency = self.latency(agent, self.scenario.latency.schedule);
-                if !self.nodes[node.index()].versions.contains(&version) {
+                // A warm instance already runs the version: only its config is applied.
+                if !warm && !self.nodes[node.index()].versions.contains(&version) {
                     latency = latency + self.latency(agent, self.scenario.latency.version_pull);
                 }
                 if snapshot.is_some() {
@@ -33,9 +35,16 @@ impl Simulation {
                         version,
                         snapshot,
                         reason,
+                        warm,
                     },
                 );
                 self.queue.push(self.now + latency, Event::StartDone(id));
+            }
+            Command::WarmUp { id, node, .. } => {
+                let boot = self.node_latency(node, self.scenario.latency.boot);
+                let latency = self.node_latency(node, self.scenario.latency.schedule) + boot;
+                self.orders.insert(id, Order::WarmUp { node });
+                self.queue.push(self.now + latency, Event::WarmDone(id));
             }
             Command::Stop {
                 id,
@@ -128,6 +137,7 @@ impl Simulation {
             version,
             snapshot,
             reason,
+            warm,
         }) = self.orders.remove(&command)
         else {
             return;
@@ -169,7 +179,14 @@ impl Simulation {
             self.finish(command, Outcome::Failed);
             return;
         }
-        let boot = self.scenario.latency.boot;
+        // The warm instance becomes the agent's: it only loads the agent's config.
+        let from_pool = warm && self.nodes[node.index()].warm > 0;
+        let boot = if from_pool {
+            self.nodes[node.index()].warm -= 1;
+            self.scenario.latency.warm_attach
+        } else {
+            self.scenario.latency.boot
+        };
         self.spawn(id, boot);
         self.feed_supervisor(
             node,
@@ -183,6 +200,36 @@ impl Simulation {
             instance,
         });
         self.finish(command, Outcome::Succeeded);
+    }
+
+    pub(super) fn warm_done(&mut self, command: CommandId) {
+        let Some(Order::WarmUp { node }) = self.orders.remove(&command) else {
+            return;
+        };
+        let up = self.nodes[node.index()].up;
+        if up {
+            self.nodes[node.index()].warm += 1;
+        }
+        self.finish(
+            command,
+            if up {
+                Outcome::Succeeded
+            } else {
+                Outcome::Failed
+            },
+        );
+    }
+
+    /// A latency drawn for work of the node itself (not of one agent).
+    fn node_latency(&mut self, node: NodeId, dist: Dist) -> Millis {
+        let counters = &mut self.node_counters[node.index()];
+        let (d1, d2) = (
+            counters.next(Component::WarmUp),
+            counters.next(Component::WarmUp),
+        );
+        let u1 = self.streams.unit(Component::WarmUp, node.0, d1);
+        let u2 = self.streams.unit(Component::WarmUp, node.0, d2);
+        crate::dist::sample(&dist, u1, u2)
     }
 
     pub(super) fn stop_done(&mut self, command: CommandId) {

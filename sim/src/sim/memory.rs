@@ -38,7 +38,15 @@ impl Simulation {
             .map(|(id, _)| (*id, true))
             .collect();
         usage.retain(|(_, m)| *m != u64::MAX);
-        let mut total: u64 = usage.iter().map(|(_, m)| m).sum();
+        let warm_memory = self.scenario.fleet.warm_instance_memory.0;
+        let warm = u64::from(self.nodes[node.index()].warm) * warm_memory;
+        let mut total: u64 = warm + usage.iter().map(|(_, m)| m).sum::<u64>();
+        // Idle warm instances go first: they hold no agent's work. A start expecting one then
+        // boots cold.
+        while total > capacity && self.nodes[node.index()].warm > 0 {
+            self.nodes[node.index()].warm -= 1;
+            total -= warm_memory;
+        }
         if total > capacity {
             self.measures.node_oom_events += 1;
             let spiking = usage

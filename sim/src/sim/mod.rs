@@ -45,10 +45,11 @@ pub(crate) enum Event {
     SupervisorWake(NodeId),
     Churn,
     Rollout(u32),
+    WarmDone(CommandId),
 }
 
 /// Names of the event kinds, in the order of [`RunStats::events_by_kind`].
-pub const EVENT_KINDS: [&str; 17] = [
+pub const EVENT_KINDS: [&str; 18] = [
     "node_tick",
     "bucket",
     "fault",
@@ -66,6 +67,7 @@ pub const EVENT_KINDS: [&str; 17] = [
     "supervisor_wake",
     "churn",
     "rollout",
+    "warm_done",
 ];
 
 impl Event {
@@ -88,6 +90,7 @@ impl Event {
             Event::ControllerWake => 13,
             Event::SupervisorWake(_) => 14,
             Event::Churn => 15,
+            Event::WarmDone(_) => 17,
             Event::Rollout(_) => 16,
         }
     }
@@ -111,6 +114,11 @@ enum Order {
         version: Version,
         snapshot: Option<SnapshotId>,
         reason: StartReason,
+        /// Attach to an idle instance of the node's warm pool instead of booting.
+        warm: bool,
+    },
+    WarmUp {
+        node: NodeId,
     },
     Stop {
         agent: AgentId,
@@ -525,6 +533,7 @@ impl Simulation {
                 }
             }
             Event::Churn => self.churn(),
+            Event::WarmDone(command) => self.warm_done(command),
             Event::Rollout(index) => self.start_rollout(index),
         }
     }
