@@ -3,8 +3,11 @@
 
 mod density;
 mod dependencies;
+mod desired;
 mod invariants;
 mod lifecycle;
+mod nodes;
+mod observations;
 mod placement;
 mod recovery;
 mod rollout;
