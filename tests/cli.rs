@@ -16,5 +16,7 @@ mod sim;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 #[path = "cli/supervise.rs"]
 mod supervise;
+#[path = "cli/tune.rs"]
+mod tune;
 #[path = "cli/validate.rs"]
 mod validate;
