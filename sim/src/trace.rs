@@ -322,3 +322,193 @@ mod tests {
         assert_eq!(trace.value_at(0, 57_000, 1000), 500);
     }
 }
+
+/// Everything a run replays: memory curves (by class) and faults at fixed times.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Replays {
+    pub memory: Vec<(usize, MemorySeries)>,
+    pub events: Vec<TraceEvent>,
+}
+
+impl From<Vec<(usize, MemorySeries)>> for Replays {
+    fn from(memory: Vec<(usize, MemorySeries)>) -> Replays {
+        Replays {
+            memory,
+            events: Vec::new(),
+        }
+    }
+}
+
+/// Loads every trace `scenario` names, paths resolved against `base` (the scenario's
+/// directory), and checks that replayed faults name agents and nodes the fleet has.
+pub fn load_all(scenario: &crate::scenario::Scenario, base: &Path) -> Result<Replays, TraceError> {
+    let mut replays = Replays::default();
+    for (class, spec) in scenario.fleet.classes.iter().enumerate() {
+        if let Some(trace) = &spec.memory.trace {
+            replays.memory.push((class, load(trace, base)?));
+        }
+    }
+    if let Some(path) = &scenario.event_trace {
+        let events = load_events(path, base)?;
+        let (agents, nodes) = (scenario.agent_count(), u64::from(scenario.fleet.nodes));
+        for event in &events {
+            let (limit, what) = if event.kind == TraceEventKind::NodeFailure {
+                (nodes, "nodes")
+            } else {
+                (agents, "agents")
+            };
+            if u64::from(event.target) >= limit {
+                return Err(TraceError::File {
+                    file: base.join(path).display().to_string(),
+                    problem: format!(
+                        "the event at {} ms names {} {}, but the fleet has {limit} {what}",
+                        event.at_ms,
+                        &what[..what.len() - 1],
+                        event.target
+                    ),
+                });
+            }
+        }
+        replays.events = events;
+    }
+    Ok(replays)
+}
+
+/// A fault replayed at a fixed time, from an event trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceEvent {
+    pub at_ms: u64,
+    /// The agent index (or node index, for `node_failure`).
+    pub target: u32,
+    pub kind: TraceEventKind,
+    /// Bytes, for a spike.
+    pub value: u64,
+    /// For a spike, its length.
+    pub duration_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TraceEventKind {
+    Crash,
+    Hang,
+    ConfigCorruption,
+    Spike,
+    NodeFailure,
+}
+
+/// `time_ms,agent,kind,value,duration_ms` with a header row; kinds are `crash`, `hang`,
+/// `config_corruption`, `spike` (value: bytes, duration_ms: its length) and `node_failure`
+/// (agent: the node's index). Returned in time order (rows of one time keep their order).
+pub fn parse_events(text: &str, file: &str) -> Result<Vec<TraceEvent>, TraceError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    let mut events = Vec::new();
+    for (index, record) in reader.records().enumerate() {
+        let line = index as u64 + 2;
+        let record = record.map_err(|e| TraceError::Row {
+            file: file.to_owned(),
+            line,
+            field: "row",
+            problem: e.to_string(),
+        })?;
+        if record.iter().all(str::is_empty) {
+            continue;
+        }
+        if events.len() >= MAX_ROWS {
+            return Err(TraceError::File {
+                file: file.to_owned(),
+                problem: format!("has more than {MAX_ROWS} rows"),
+            });
+        }
+        let at_ms: u64 = field(&record, 0, "time_ms", file, line)?;
+        let target: u32 = field(&record, 1, "agent", file, line)?;
+        let kind = match record.get(2).ok_or_else(|| missing(file, line, "kind"))? {
+            "crash" => TraceEventKind::Crash,
+            "hang" => TraceEventKind::Hang,
+            "config_corruption" => TraceEventKind::ConfigCorruption,
+            "spike" => TraceEventKind::Spike,
+            "node_failure" => TraceEventKind::NodeFailure,
+            other => {
+                return Err(TraceError::Row {
+                    file: file.to_owned(),
+                    line,
+                    field: "kind",
+                    problem: format!(
+                        "`{other}` is not crash, hang, config_corruption, spike or node_failure"
+                    ),
+                });
+            }
+        };
+        let optional = |i: usize, name: &'static str| -> Result<u64, TraceError> {
+            match record.get(i) {
+                None | Some("") => Ok(0),
+                Some(_) => field(&record, i, name, file, line),
+            }
+        };
+        let (value, duration_ms) = (optional(3, "value")?, optional(4, "duration_ms")?);
+        if kind == TraceEventKind::Spike && (value == 0 || duration_ms == 0) {
+            return Err(TraceError::Row {
+                file: file.to_owned(),
+                line,
+                field: "value",
+                problem: "a spike needs its bytes (value) and its length (duration_ms)".into(),
+            });
+        }
+        events.push(TraceEvent {
+            at_ms,
+            target,
+            kind,
+            value,
+            duration_ms,
+        });
+    }
+    events.sort_by_key(|e| e.at_ms);
+    Ok(events)
+}
+
+/// Loads an event trace, resolving its path against the scenario's directory.
+pub fn load_events(path: &str, base: &Path) -> Result<Vec<TraceEvent>, TraceError> {
+    let full = base.join(path);
+    let file = full.display().to_string();
+    let text = std::fs::read_to_string(&full).map_err(|source| TraceError::Io {
+        file: file.clone(),
+        source,
+    })?;
+    parse_events(&text, &file)
+}
+
+#[cfg(test)]
+mod event_tests {
+    use super::*;
+
+    #[test]
+    fn event_traces_parse_in_time_order_and_name_bad_rows() {
+        let text = "time_ms,agent,kind,value,duration_ms\n5000,2,spike,1073741824,60000\n1000,0,crash,,\n3000,1,node_failure\n";
+        let events = parse_events(text, "e.csv").unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.at_ms).collect::<Vec<_>>(),
+            vec![1000, 3000, 5000]
+        );
+        assert_eq!(
+            events[2],
+            TraceEvent {
+                at_ms: 5000,
+                target: 2,
+                kind: TraceEventKind::Spike,
+                value: 1 << 30,
+                duration_ms: 60_000
+            }
+        );
+        let error = parse_events("time_ms,agent,kind\n1,0,meteor\n", "e.csv").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("e.csv:2: field `kind`: `meteor`"),
+            "{error}"
+        );
+        let error = parse_events("time_ms,agent,kind\n1,0,spike\n", "e.csv").unwrap_err();
+        assert!(error.to_string().contains("field `value`"), "{error}");
+    }
+}

@@ -82,6 +82,7 @@ pub struct SimAgent {
     pub poisoned: bool,
     /// The config on disk is truncated: validation before start fails.
     pub config_broken: bool,
+    pub spike_from: Millis,
     pub spike_until: Millis,
     pub spike_bytes: u64,
     pub pod: Option<Pod>,
@@ -109,7 +110,6 @@ pub struct ClassModel {
     pub request_bytes: u64,
     pub priority: u8,
     pub growth_bytes_per_day: u64,
-    pub spike_duration_ms: u64,
     pub spike_ramp_ms: u64,
 }
 
@@ -121,7 +121,6 @@ impl ClassModel {
             request_bytes: class.memory_request.0,
             priority: class.priority,
             growth_bytes_per_day: class.memory.growth_per_day.0,
-            spike_duration_ms: class.memory.spike_duration.ms(),
             spike_ramp_ms: class.memory.spike_ramp.ms(),
         }
     }
@@ -137,8 +136,7 @@ pub fn modelled_memory(
     let uptime = now.saturating_since(process.started_at).0;
     let growth = mul_div(class.growth_bytes_per_day, uptime, 86_400_000);
     let spike = if now < agent.spike_until {
-        let started = agent.spike_until.0.saturating_sub(class.spike_duration_ms);
-        let grown = now.0.saturating_sub(started);
+        let grown = now.saturating_since(agent.spike_from).0;
         if grown >= class.spike_ramp_ms {
             agent.spike_bytes
         } else {

@@ -4,6 +4,8 @@
 mod common;
 #[path = "sim/determinism.rs"]
 mod determinism;
+#[path = "sim/events.rs"]
+mod events;
 #[path = "sim/fuzz.rs"]
 mod fuzz;
 #[path = "sim/invariants.rs"]

@@ -63,8 +63,10 @@ pub fn run(args: ExploreArgs) -> anyhow::Result<ExitCode> {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
+    // Memory curves replay as in `sim`; a scenario's fixed fault events do not: explore draws
+    // its own fault mix for every seed.
     let series = match load_traces(&base, &dir) {
-        Ok(series) => series,
+        Ok(replays) => replays.memory,
         Err(SimError::BadInput(message)) => {
             eprintln!("{message}");
             return Ok(ExitCode::from(EXIT_BAD_INPUT));

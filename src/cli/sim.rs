@@ -5,7 +5,7 @@ use anyhow::Context;
 use carapace_sim::Simulation;
 use carapace_sim::report::Report;
 use carapace_sim::scenario::{self, Scenario};
-use carapace_sim::trace::MemorySeries;
+use carapace_sim::trace::Replays;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -82,31 +82,21 @@ pub enum SimError {
     BadInput(String),
 }
 
-/// Loads the memory traces the scenario's classes replay, resolving paths against `base`.
-pub fn load_traces(
-    scenario: &Scenario,
-    base: &Path,
-) -> Result<Vec<(usize, MemorySeries)>, SimError> {
-    let mut series = Vec::new();
-    for (class, spec) in scenario.fleet.classes.iter().enumerate() {
-        if let Some(trace) = &spec.memory.trace {
-            let loaded = carapace_sim::trace::load(trace, base)
-                .map_err(|e| SimError::BadInput(e.to_string()))?;
-            series.push((class, loaded));
-        }
-    }
-    Ok(series)
+/// Loads every trace the scenario replays (memory curves, fault events), resolving paths
+/// against `base`.
+pub fn load_traces(scenario: &Scenario, base: &Path) -> Result<Replays, SimError> {
+    carapace_sim::trace::load_all(scenario, base).map_err(|e| SimError::BadInput(e.to_string()))
 }
 
 /// Runs one scenario to its end, calling `progress(now)` as virtual time passes.
 pub fn run_one(
     scenario: Scenario,
-    series: Vec<(usize, MemorySeries)>,
+    replays: Replays,
     check_every: u64,
     progress: impl FnMut(carapace_engine::Millis),
 ) -> Result<Report, SimError> {
     let mut sim =
-        Simulation::new(scenario, series).map_err(|e| SimError::BadInput(e.to_string()))?;
+        Simulation::new(scenario, replays).map_err(|e| SimError::BadInput(e.to_string()))?;
     sim.check_invariants_every(check_every);
     sim.run(progress);
     Ok(Report::of(&sim))

@@ -45,6 +45,10 @@ pub struct Scenario {
     pub churn: Churn,
     #[serde(default)]
     pub rollouts: Vec<RolloutPlan>,
+    /// Faults replayed at fixed times from a CSV event trace (path relative to the scenario
+    /// file), on top of the seeded fault processes.
+    #[serde(default)]
+    pub event_trace: Option<String>,
     #[serde(default)]
     pub report: ReportOptions,
 }

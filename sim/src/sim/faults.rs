@@ -53,6 +53,17 @@ impl Simulation {
             return;
         }
         self.schedule_fault(id, kind);
+        self.apply_fault(id, kind, None);
+    }
+
+    /// What a fault does to the agent's process, whether it came from the seeded processes or
+    /// from a replayed trace (which may give a spike's size and length).
+    pub(super) fn apply_fault(
+        &mut self,
+        id: AgentId,
+        kind: FaultKind,
+        spike: Option<(u64, Millis)>,
+    ) {
         let agent = &self.agents[id.index()];
         let Some(process) = agent.process else { return };
         match kind {
@@ -87,11 +98,18 @@ impl Simulation {
                 self.exit_process(id, 0, false);
             }
             FaultKind::Spike => {
-                let memory = &self.scenario.fleet.classes[usize::from(agent.class)].memory;
-                let (size, duration) = (memory.spike_size.0, memory.spike_duration.0);
-                let u = self.draw_unit(id, Component::Spike);
+                let (bytes, duration) = match spike {
+                    Some(given) => given,
+                    None => {
+                        let memory = &self.scenario.fleet.classes[usize::from(agent.class)].memory;
+                        let (size, duration) = (memory.spike_size.0, memory.spike_duration.0);
+                        let u = self.draw_unit(id, Component::Spike);
+                        ((size as f64 * (0.5 + u)) as u64, duration)
+                    }
+                };
                 let agent = &mut self.agents[id.index()];
-                agent.spike_bytes = (size as f64 * (0.5 + u)) as u64;
+                agent.spike_bytes = bytes;
+                agent.spike_from = self.now;
                 agent.spike_until = self.now + duration;
             }
             _ => {}
@@ -153,5 +171,28 @@ impl Simulation {
         self.nodes[node.index()].up = true;
         self.feed(Input::JoinNode(spec));
         self.schedule_node_failure(node, self.now);
+    }
+
+    /// A fault of the event trace comes due. Replayed faults obey the same quiet tail as the
+    /// seeded ones and reach only agents that are still desired.
+    pub(super) fn replay(&mut self, index: u32) {
+        let event = self.replayed[index as usize];
+        if self.now > self.faults_end {
+            return;
+        }
+        let kind = match event.kind {
+            TraceEventKind::NodeFailure => {
+                self.node_fail(NodeId(event.target));
+                return;
+            }
+            TraceEventKind::Crash => FaultKind::Crash,
+            TraceEventKind::Hang => FaultKind::Hang,
+            TraceEventKind::ConfigCorruption => FaultKind::ConfigCorruption,
+            TraceEventKind::Spike => FaultKind::Spike,
+        };
+        let id = AgentId(event.target);
+        if self.agents.get(id.index()).is_some_and(|a| a.desired) {
+            self.apply_fault(id, kind, Some((event.value, Millis(event.duration_ms))));
+        }
     }
 }

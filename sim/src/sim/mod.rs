@@ -15,7 +15,7 @@ use crate::measures::{Fault, Measures};
 use crate::queue::EventQueue;
 use crate::rng::{Component, Counters, Streams};
 use crate::scenario::{Dist, Scenario};
-use crate::trace::MemorySeries;
+use crate::trace::{MemorySeries, Replays, TraceEvent, TraceEventKind};
 use crate::world::{ClassModel, Pod, Process, ProcessState, SimAgent, SimNode, modelled_memory};
 use carapace_engine::{
     AgentId, AgentSpec, Command, CommandId, Controller, EngineError, Input, Instance, Millis,
@@ -34,10 +34,22 @@ pub(crate) enum Event {
     NodeFail(NodeId),
     NodeLostDetected(NodeId),
     NodeRepaired(NodeId),
-    Ready { agent: AgentId, life: u32 },
-    ProbeOk { agent: AgentId, life: u32 },
-    ProbeFail { agent: AgentId, life: u32 },
-    ResumeCrash { agent: AgentId, life: u32 },
+    Ready {
+        agent: AgentId,
+        life: u32,
+    },
+    ProbeOk {
+        agent: AgentId,
+        life: u32,
+    },
+    ProbeFail {
+        agent: AgentId,
+        life: u32,
+    },
+    ResumeCrash {
+        agent: AgentId,
+        life: u32,
+    },
     StartDone(CommandId),
     StopDone(CommandId),
     SnapshotDone(CommandId),
@@ -46,10 +58,12 @@ pub(crate) enum Event {
     Churn,
     Rollout(u32),
     WarmDone(CommandId),
+    /// The n-th fault of the replayed event trace.
+    Replay(u32),
 }
 
 /// Names of the event kinds, in the order of [`RunStats::events_by_kind`].
-pub const EVENT_KINDS: [&str; 18] = [
+pub const EVENT_KINDS: [&str; 19] = [
     "node_tick",
     "bucket",
     "fault",
@@ -68,6 +82,7 @@ pub const EVENT_KINDS: [&str; 18] = [
     "churn",
     "rollout",
     "warm_done",
+    "replay",
 ];
 
 impl Event {
@@ -91,6 +106,7 @@ impl Event {
             Event::SupervisorWake(_) => 14,
             Event::Churn => 15,
             Event::WarmDone(_) => 17,
+            Event::Replay(_) => 18,
             Event::Rollout(_) => 16,
         }
     }
@@ -185,6 +201,8 @@ pub struct Simulation {
     node_counters: Vec<Counters>,
     churn_counter: Counters,
     series: Vec<MemorySeries>,
+    /// Faults replayed at fixed times (see [`crate::trace::load_all`]).
+    replayed: Vec<TraceEvent>,
     /// Trace index per class, when the class replays one.
     class_trace: Vec<Option<usize>>,
     serving: u32,
@@ -216,10 +234,11 @@ pub const MAX_POST_MORTEMS: usize = 200;
 impl Simulation {
     /// Builds the world of `scenario`; `series` are the loaded memory traces, one entry per class
     /// that replays one (see [`crate::trace::load_for`]).
-    pub fn new(
-        scenario: Scenario,
-        series: Vec<(usize, MemorySeries)>,
-    ) -> Result<Simulation, EngineError> {
+    pub fn new(scenario: Scenario, replays: impl Into<Replays>) -> Result<Simulation, EngineError> {
+        let Replays {
+            memory: series,
+            events,
+        } = replays.into();
         let mut policy = scenario.policy.clone();
         policy.seed = scenario.seed;
         let controller = Controller::new(policy.clone()).map_err(|e| EngineError::InvalidSpec {
@@ -258,6 +277,7 @@ impl Simulation {
             broken_versions: BTreeSet::new(),
             churn_counter: Counters::default(),
             series: loaded,
+            replayed: events,
             class_trace,
             serving: 0,
             check_invariants_every: 0,
@@ -413,6 +433,12 @@ impl Simulation {
         self.queue
             .push(self.scenario.report.bucket.0, Event::Bucket);
         self.schedule_churn();
+        for (i, event) in self.replayed.iter().enumerate() {
+            if Millis(event.at_ms) <= self.end {
+                self.queue
+                    .push(Millis(event.at_ms), Event::Replay(i as u32));
+            }
+        }
         for (i, rollout) in self.scenario.rollouts.iter().enumerate() {
             self.queue.push(rollout.at.0, Event::Rollout(i as u32));
         }
@@ -443,6 +469,7 @@ impl Simulation {
             baseline_bytes: baseline,
             poisoned: false,
             config_broken: false,
+            spike_from: Millis::ZERO,
             spike_until: Millis::ZERO,
             spike_bytes: 0,
             pod: None,
@@ -534,6 +561,7 @@ impl Simulation {
             }
             Event::Churn => self.churn(),
             Event::WarmDone(command) => self.warm_done(command),
+            Event::Replay(index) => self.replay(index),
             Event::Rollout(index) => self.start_rollout(index),
         }
     }
@@ -551,6 +579,7 @@ fn placeholder_agent() -> SimAgent {
         baseline_bytes: 0,
         poisoned: false,
         config_broken: false,
+        spike_from: Millis::ZERO,
         spike_until: Millis::ZERO,
         spike_bytes: 0,
         pod: None,

@@ -179,6 +179,10 @@ proptest! {
                     Err(error) => prop_assert!(error.to_string().starts_with("t.csv")),
                 }
             }
+            match trace::parse_events(input, "t.csv") {
+                Ok(events) => prop_assert!(events.windows(2).all(|w| w[0].at_ms <= w[1].at_ms)),
+                Err(error) => prop_assert!(error.to_string().starts_with("t.csv")),
+            }
         }
     }
 }

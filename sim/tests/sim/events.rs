@@ -1,0 +1,96 @@
+//! Replayed fault events: each one happens to the agent it names at the time it names, and
+//! nothing else happens when the seeded fault processes are off.
+
+use crate::common::{Scratch, parse};
+use carapace_sim::Simulation;
+use carapace_sim::report::Report;
+use carapace_sim::trace;
+
+const SCENARIO: &str = r#"
+name = "replayed"
+seed = 1
+duration = "2h"
+warmup = "10m"
+event_trace = "events.csv"
+
+[fleet]
+nodes = 4
+node_memory = "16GiB"
+tenants = 2
+
+[[fleet.classes]]
+name = "gateway"
+agents = 10
+memory_limit = "3GiB"
+memory_request = "1GiB"
+memory = { baseline = "800MiB" }
+clients = { requests_per_hour = 0.0 }
+"#;
+
+const EVENTS: &str = "time_ms,agent,kind,value,duration_ms
+1800000,3,crash,,
+2400000,7,hang,,
+3000000,5,config_corruption,,
+3600000,2,node_failure,,
+";
+
+#[test]
+fn every_replayed_fault_happens_where_and_when_the_trace_says() {
+    let dir = Scratch::new("events");
+    std::fs::write(dir.path().join("events.csv"), EVENTS).unwrap();
+    let scenario = parse(SCENARIO);
+    let replays = trace::load_all(&scenario, dir.path()).expect("the trace loads");
+    assert_eq!(replays.events.len(), 4);
+    let mut sim = Simulation::new(scenario, replays).unwrap();
+    sim.check_invariants_every(1);
+    sim.run(|_| {});
+    let report = Report::of(&sim);
+    assert_eq!(report.summary.invariant_violation, None);
+    let mut faults: Vec<(u64, u32, &str)> = report
+        .incidents
+        .iter()
+        .filter(|i| i.fault.name() != "node_failure")
+        .map(|i| (i.start_ms, i.agent, i.fault.name()))
+        .collect();
+    faults.sort();
+    assert_eq!(
+        faults,
+        vec![
+            (1_800_000, 3, "crash"),
+            (2_400_000, 7, "hang"),
+            (3_000_000, 5, "config_corruption")
+        ]
+    );
+    let node_failures: Vec<u64> = report
+        .incidents
+        .iter()
+        .filter(|i| i.fault.name() == "node_failure")
+        .map(|i| i.start_ms)
+        .collect();
+    assert!(
+        !node_failures.is_empty(),
+        "node 2 held agents when it failed"
+    );
+    assert!(node_failures.iter().all(|&t| t == 3_600_000));
+    assert!(
+        report.incidents.iter().all(|i| i.recovery_ms.is_some()),
+        "every replayed fault was recovered"
+    );
+}
+
+#[test]
+fn a_trace_naming_an_agent_the_fleet_lacks_is_refused_with_its_file() {
+    let dir = Scratch::new("events-bad");
+    std::fs::write(
+        dir.path().join("events.csv"),
+        "time_ms,agent,kind\n1000,10,crash\n",
+    )
+    .unwrap();
+    let error = trace::load_all(&parse(SCENARIO), dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("events.csv") && error.contains("agent 10") && error.contains("10 agents"),
+        "{error}"
+    );
+}
