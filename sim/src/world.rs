@@ -1,7 +1,6 @@
 //! The simulated world: machines, pods, processes and their memory. No decisions live here;
 //! the engine makes them all.
 
-use crate::rng::Counters;
 use crate::scenario::{AgentClass, Scenario};
 use carapace_engine::{AgentId, Instance, Millis, NodeId, Supervisor, SupervisorPolicy, Version};
 
@@ -76,7 +75,6 @@ pub struct Process {
 pub struct SimAgent {
     pub class: u16,
     pub desired: bool,
-    pub counters: Counters,
     pub baseline_bytes: u64,
     /// The session state makes every start crash right after resuming.
     pub poisoned: bool,

@@ -16,7 +16,11 @@ impl Simulation {
         }
         let capacity = self.nodes[node.index()].capacity_bytes;
         let pods = std::mem::take(&mut self.nodes[node.index()].pods);
-        let mut usage: Vec<(AgentId, u64)> = Vec::with_capacity(pods.len());
+        // Scratch buffers live on between ticks: a tick allocates nothing.
+        let mut usage = std::mem::take(&mut self.tick_usage);
+        let mut killed = std::mem::take(&mut self.tick_killed);
+        usage.clear();
+        killed.clear();
         for &id in &pods {
             let Some(memory) = self.memory_of(id) else {
                 continue;
@@ -26,18 +30,12 @@ impl Simulation {
                 // The pod's own cgroup limit: the kernel kills this agent, nobody else.
                 self.measures.cgroup_oom_kills += 1;
                 self.measures.fault(id, Fault::OomKilled, self.now);
-                usage.push((id, u64::MAX));
+                killed.push((id, true));
                 continue;
             }
             usage.push((id, memory));
         }
         self.nodes[node.index()].pods = pods;
-        let mut killed: Vec<(AgentId, bool)> = usage
-            .iter()
-            .filter(|(_, m)| *m == u64::MAX)
-            .map(|(id, _)| (*id, true))
-            .collect();
-        usage.retain(|(_, m)| *m != u64::MAX);
         let warm_memory = self.scenario.fleet.warm_instance_memory.0;
         let warm = u64::from(self.nodes[node.index()].warm) * warm_memory;
         let mut total: u64 = warm + usage.iter().map(|(_, m)| m).sum::<u64>();
@@ -66,12 +64,12 @@ impl Simulation {
         }
         self.measures
             .node_utilisation(total as f64 / capacity as f64);
-        for (id, oom) in killed {
+        for &(id, oom) in &killed {
             self.exit_process(id, 137, oom);
         }
         let deadband = self.scenario.probes.memory_deadband;
         let max_silence = self.scenario.probes.memory_max_silence.0;
-        for (id, memory) in usage {
+        for &(id, memory) in &usage {
             let agent = &self.agents[id.index()];
             let (Some(pod), true) = (agent.pod, agent.process.is_some()) else {
                 continue;
@@ -90,6 +88,8 @@ impl Simulation {
                 memory_bytes: memory,
             });
         }
+        self.tick_usage = usage;
+        self.tick_killed = killed;
     }
 
     pub(super) fn memory_of(&self, id: AgentId) -> Option<u64> {

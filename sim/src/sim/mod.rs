@@ -203,6 +203,12 @@ pub struct Simulation {
     series: Vec<MemorySeries>,
     /// Faults replayed at fixed times (see [`crate::trace::load_all`]).
     replayed: Vec<TraceEvent>,
+    /// Draw counters per agent, beside `agents` rather than in it: the node tick reads every
+    /// agent and never these.
+    draws: Vec<Counters>,
+    /// The node tick's scratch buffers, kept so that a tick allocates nothing.
+    tick_usage: Vec<(AgentId, u64)>,
+    tick_killed: Vec<(AgentId, bool)>,
     /// Trace index per class, when the class replays one.
     class_trace: Vec<Option<usize>>,
     serving: u32,
@@ -278,6 +284,9 @@ impl Simulation {
             churn_counter: Counters::default(),
             series: loaded,
             replayed: events,
+            draws: Vec::new(),
+            tick_usage: Vec::new(),
+            tick_killed: Vec::new(),
             class_trace,
             serving: 0,
             check_invariants_every: 0,
@@ -465,7 +474,6 @@ impl Simulation {
         let agent = SimAgent {
             class,
             desired: true,
-            counters,
             baseline_bytes: baseline,
             poisoned: false,
             config_broken: false,
@@ -481,8 +489,10 @@ impl Simulation {
         };
         if self.agents.len() <= id.index() {
             self.agents.resize_with(id.index() + 1, placeholder_agent);
+            self.draws.resize(id.index() + 1, Counters::default());
         }
         self.agents[id.index()] = agent;
+        self.draws[id.index()] = counters;
         let class_model = &self.classes[usize::from(class)];
         let spec = AgentSpec {
             id,
@@ -508,7 +518,7 @@ impl Simulation {
     }
 
     fn draw_unit(&mut self, agent: AgentId, component: Component) -> f64 {
-        let draw = self.agents[agent.index()].counters.next(component);
+        let draw = self.draws[agent.index()].next(component);
         self.streams.unit(component, agent.0, draw)
     }
 
@@ -575,7 +585,6 @@ fn placeholder_agent() -> SimAgent {
     SimAgent {
         class: 0,
         desired: false,
-        counters: Counters::default(),
         baseline_bytes: 0,
         poisoned: false,
         config_broken: false,
