@@ -12,8 +12,6 @@ use carapace_sim::trace::MemorySeries;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// Failing seeds shrunk per invocation: each shrink makes up to `--shrink-runs` runs.
@@ -162,31 +160,7 @@ fn explore_seeds(
         let (verdict, divergence) = judged.map_err(|e| format!("seed {seed}: {e}"))?;
         Ok((variant, verdict, divergence))
     };
-    let workers = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(seeds.len().max(1));
-    let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Outcome>>> = Mutex::new(seeds.iter().map(|_| None).collect());
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| {
-                loop {
-                    let index = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&seed) = seeds.get(index) else { break };
-                    let outcome = one(seed);
-                    results
-                        .lock()
-                        .expect("a worker panicked holding the results")[index] = Some(outcome);
-                }
-            });
-        }
-    });
-    results
-        .into_inner()
-        .expect("no worker holds the lock after the scope")
-        .into_iter()
-        .map(|r| r.expect("every seed was taken by a worker"))
-        .collect()
+    super::runner::parallel_map(seeds, |_, &seed| one(seed))
 }
 
 /// The one command that reruns exactly this seed.

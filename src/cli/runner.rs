@@ -25,8 +25,7 @@ pub fn run_all(
     label: &str,
     on_done: impl Fn(usize, &Result<Report, SimError>) + Sync,
 ) -> Vec<Result<Report, SimError>> {
-    let total = jobs.len();
-    let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+    let bar = ProgressBar::with_draw_target(Some(jobs.len() as u64), ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template(&format!(
             "{{spinner}} {label} {{pos}}/{{len}} runs [{{bar:40}}] eta {{eta}}"
@@ -34,22 +33,32 @@ pub fn run_all(
         .expect("static template")
         .progress_chars("=> "),
     );
+    let results = parallel_map(&jobs, |index, job| {
+        let result = load_traces(&job.scenario, job.base)
+            .and_then(|replays| run_one(job.scenario.clone(), replays, 0, |_| {}));
+        on_done(index, &result);
+        bar.inc(1);
+        result
+    });
+    bar.finish_and_clear();
+    results
+}
+
+/// `f` over every item, on every core; results in the items' order. Each item runs on one
+/// thread from start to end, so deterministic work stays deterministic.
+pub fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(usize, &T) -> R + Sync) -> Vec<R> {
     let workers = std::thread::available_parallelism()
         .map_or(1, usize::from)
-        .min(total.max(1));
+        .min(items.len().max(1));
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<Report, SimError>>>> =
-        Mutex::new((0..total).map(|_| None).collect());
+    let results: Mutex<Vec<Option<R>>> = Mutex::new(items.iter().map(|_| None).collect());
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| {
                 loop {
                     let index = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(job) = jobs.get(index) else { break };
-                    let result = load_traces(&job.scenario, job.base)
-                        .and_then(|series| run_one(job.scenario.clone(), series, 0, |_| {}));
-                    on_done(index, &result);
-                    bar.inc(1);
+                    let Some(item) = items.get(index) else { break };
+                    let result = f(index, item);
                     results
                         .lock()
                         .expect("a worker panicked while holding the results")[index] =
@@ -58,11 +67,10 @@ pub fn run_all(
             });
         }
     });
-    bar.finish_and_clear();
     results
         .into_inner()
         .expect("no worker holds the lock after the scope")
         .into_iter()
-        .map(|r| r.expect("every job index below total was taken by a worker"))
+        .map(|r| r.expect("every index below the length was taken by a worker"))
         .collect()
 }
