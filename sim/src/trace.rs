@@ -178,12 +178,12 @@ pub fn parse_bitbrains(text: &str, file: &str) -> Result<MemorySeries, TraceErro
 
 type Row = (String, u64, f64);
 
-fn read_rows(
+fn read_rows<R>(
     text: &str,
     file: &str,
     delimiter: u8,
-    parse: impl Fn(&csv::StringRecord, u64) -> Result<Row, TraceError>,
-) -> Result<Vec<Row>, TraceError> {
+    parse: impl Fn(&csv::StringRecord, u64) -> Result<R, TraceError>,
+) -> Result<Vec<R>, TraceError> {
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .trim(csv::Trim::All)
@@ -400,30 +400,9 @@ pub enum TraceEventKind {
 /// `config_corruption`, `spike` (value: bytes, duration_ms: its length) and `node_failure`
 /// (agent: the node's index). Returned in time order (rows of one time keep their order).
 pub fn parse_events(text: &str, file: &str) -> Result<Vec<TraceEvent>, TraceError> {
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .flexible(true)
-        .from_reader(text.as_bytes());
-    let mut events = Vec::new();
-    for (index, record) in reader.records().enumerate() {
-        let line = index as u64 + 2;
-        let record = record.map_err(|e| TraceError::Row {
-            file: file.to_owned(),
-            line,
-            field: "row",
-            problem: e.to_string(),
-        })?;
-        if record.iter().all(str::is_empty) {
-            continue;
-        }
-        if events.len() >= MAX_ROWS {
-            return Err(TraceError::File {
-                file: file.to_owned(),
-                problem: format!("has more than {MAX_ROWS} rows"),
-            });
-        }
-        let at_ms: u64 = field(&record, 0, "time_ms", file, line)?;
-        let target: u32 = field(&record, 1, "agent", file, line)?;
+    let mut events = read_rows(text, file, b',', |record, line| {
+        let at_ms: u64 = field(record, 0, "time_ms", file, line)?;
+        let target: u32 = field(record, 1, "agent", file, line)?;
         let kind = match record.get(2).ok_or_else(|| missing(file, line, "kind"))? {
             "crash" => TraceEventKind::Crash,
             "hang" => TraceEventKind::Hang,
@@ -444,7 +423,7 @@ pub fn parse_events(text: &str, file: &str) -> Result<Vec<TraceEvent>, TraceErro
         let optional = |i: usize, name: &'static str| -> Result<u64, TraceError> {
             match record.get(i) {
                 None | Some("") => Ok(0),
-                Some(_) => field(&record, i, name, file, line),
+                Some(_) => field(record, i, name, file, line),
             }
         };
         let (value, duration_ms) = (optional(3, "value")?, optional(4, "duration_ms")?);
@@ -456,14 +435,14 @@ pub fn parse_events(text: &str, file: &str) -> Result<Vec<TraceEvent>, TraceErro
                 problem: "a spike needs its bytes (value) and its length (duration_ms)".into(),
             });
         }
-        events.push(TraceEvent {
+        Ok(TraceEvent {
             at_ms,
             target,
             kind,
             value,
             duration_ms,
-        });
-    }
+        })
+    })?;
     events.sort_by_key(|e| e.at_ms);
     Ok(events)
 }

@@ -475,17 +475,8 @@ impl Simulation {
             class,
             desired: true,
             baseline_bytes: baseline,
-            poisoned: false,
-            config_broken: false,
-            spike_from: Millis::ZERO,
-            spike_until: Millis::ZERO,
-            spike_bytes: 0,
-            pod: None,
-            process: None,
-            lives: 0,
-            last_fed_bytes: 0,
-            last_fed_at: Millis::ZERO,
             trace,
+            ..placeholder_agent()
         };
         if self.agents.len() <= id.index() {
             self.agents.resize_with(id.index() + 1, placeholder_agent);
@@ -581,6 +572,7 @@ impl Simulation {
     }
 }
 
+/// An agent slot with no agent in it (ids are dense; churn may leave gaps while it fills).
 fn placeholder_agent() -> SimAgent {
     SimAgent {
         class: 0,
