@@ -12,4 +12,5 @@
 pub mod clock;
 pub mod probe;
 pub mod process;
+pub mod snapshot;
 pub mod supervise;

@@ -5,6 +5,7 @@ mod gate;
 mod runner;
 mod schema;
 mod sim;
+mod snapshot;
 mod supervise;
 mod tune;
 mod validate;
@@ -43,6 +44,8 @@ enum Command {
     /// Keep one agent process alive (rung 1 of the ladder); events as JSON lines on stdout.
     /// Exit 3 when restarting in place cannot help and the controller must take over.
     Supervise(supervise::SuperviseArgs),
+    /// Versions of an agent's state directory: take, restore, list (content-addressed, blake3).
+    Snapshot(snapshot::SnapshotArgs),
     /// Print the JSON Schema of scenario files.
     Schema,
 }
@@ -56,6 +59,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Baseline(args) => gate::baseline::run(args),
         Command::Explore(args) => explore::run(args),
         Command::Supervise(args) => supervise::run(args),
+        Command::Snapshot(args) => snapshot::run(args),
         Command::Schema => schema::run(),
     }
 }
