@@ -148,6 +148,9 @@ pub struct PlacementPolicy {
     pub warm_pool_per_node: u16,
     pub warm_instance_bytes: u64,
     pub bonus_warm_instance: i64,
+    /// Agents of a draining node on the move at once: a drain empties the node without
+    /// taking all of its agents down together.
+    pub drain_concurrency: u16,
 }
 
 impl Default for PlacementPolicy {
@@ -167,6 +170,7 @@ impl Default for PlacementPolicy {
             warm_pool_per_node: 0,
             warm_instance_bytes: 1 << 30,
             bonus_warm_instance: 60,
+            drain_concurrency: 2,
         }
     }
 }
@@ -248,6 +252,9 @@ impl EngineConfig {
                 "placement.max_tenant_share_per_zone",
                 "must be in (0, 1]",
             ));
+        }
+        if p.drain_concurrency == 0 {
+            return Err(E::new("placement.drain_concurrency", "must be at least 1"));
         }
         if p.warm_pool_per_node > 64 {
             return Err(E::new("placement.warm_pool_per_node", "must be at most 64"));

@@ -173,6 +173,10 @@ enum Timer {
     /// Offer unplaced agents a node again.
     RetryPlacement,
     /// A failed stop is tried again.
+    /// Move the next agents off a draining node.
+    Drain {
+        node: NodeId,
+    },
     RetryStop {
         agent: AgentId,
         generation: u32,
@@ -456,6 +460,7 @@ impl Controller {
             }
             Timer::Heartbeat { node } => self.check_heartbeat(node),
             Timer::Pump => self.pump_armed_at = None,
+            Timer::Drain { node } => self.continue_drain(node),
             Timer::RetryPlacement => {
                 self.retry_armed = false;
                 let unplaced = std::mem::take(&mut self.unplaced);

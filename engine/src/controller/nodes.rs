@@ -49,6 +49,7 @@ impl Controller {
             starting: 0,
             warm: 0,
             warming: 0,
+            moving: Vec::new(),
             agents: Vec::new(),
             versions: [None; VERSION_CACHE],
             last_heartbeat: None,
@@ -76,23 +77,51 @@ impl Controller {
             return Ok(());
         }
         node.state = NodeState::Draining;
-        // The start queue's budget spreads the restarts; stops happen at once so the node
-        // empties within one stop deadline.
-        for agent in node.agents.clone() {
-            if matches!(self.agent_expect(agent).phase, Phase::Stopping { .. }) {
+        self.continue_drain(id);
+        Ok(())
+    }
+
+    /// Moves the draining node's agents away a few at a time: the next ones go once the last
+    /// ones run elsewhere. Re-armed on a timer until the node is empty.
+    pub(super) fn continue_drain(&mut self, id: NodeId) {
+        let concurrency = usize::from(self.config.placement.drain_concurrency);
+        let retry = Millis(self.config.storm.placement_retry_ms);
+        let Ok(node) = self.node_mut(id) else { return };
+        if node.state != NodeState::Draining {
+            return;
+        }
+        let (moving, on_node) = (std::mem::take(&mut node.moving), node.agents.clone());
+        let mut moving: Vec<AgentId> = moving
+            .into_iter()
+            .filter(|a| {
+                self.agent_ref(*a)
+                    .is_some_and(|a| !matches!(a.phase, Phase::Running | Phase::Parked))
+            })
+            .collect();
+        for agent in on_node {
+            if moving.len() >= concurrency {
+                break;
+            }
+            let a = self.agent_expect(agent);
+            if matches!(a.phase, Phase::Stopping { .. }) || moving.contains(&agent) {
                 continue;
             }
-            let version = self.agent_expect(agent).spec.version;
             let launch = Launch {
                 reason: StartReason::Migrate,
-                version,
+                version: a.spec.version,
                 source: SnapshotSource::Latest,
                 avoid: Some(id),
             };
             self.stats.migrations += 1;
             self.stop(agent, StopReason::Migrate, true, AfterStop::Launch(launch));
+            moving.push(agent);
         }
-        Ok(())
+        let node = self.node_expect(id);
+        let unfinished = !node.agents.is_empty() || !moving.is_empty();
+        node.moving = moving;
+        if unfinished {
+            self.timers.set(self.now + retry, Timer::Drain { node: id });
+        }
     }
 
     pub(super) fn heartbeat_node(&mut self, id: NodeId) -> Result<(), EngineError> {

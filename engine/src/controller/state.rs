@@ -230,6 +230,8 @@ pub(crate) struct Node {
     /// Blank instances booted and idle (the warm pool), and those booting.
     pub warm: u16,
     pub warming: u16,
+    /// Agents stopped to drain this node and not yet running elsewhere.
+    pub moving: Vec<AgentId>,
     /// Agents whose pods are here, sorted by id.
     pub agents: Vec<AgentId>,
     pub versions: [Option<Version>; VERSION_CACHE],

@@ -174,6 +174,26 @@ fn drain_moves_every_agent_away_and_places_nothing_new_there() {
     fleet.input(Input::DrainNode { node: NodeId(0) }).unwrap();
     fleet.create(agent(9, 9));
     let all = ids(0..10);
+    // A few at a time: never more than the drain's concurrency (2 by default) of them down
+    // at once, where stopping them all together would take down every one.
+    let concurrency = 2;
+    assert_eq!(EngineConfig::default().placement.drain_concurrency, 2);
+    assert!(
+        on_node0.len() > concurrency,
+        "the test must exercise the limit"
+    );
+    let emptied = fleet.run_while_not(10 * MINUTE, |f| {
+        let down = on_node0
+            .iter()
+            .filter(|a| f.status(**a) != Some(carapace_engine::AgentStatus::Running))
+            .count();
+        assert!(
+            down <= concurrency,
+            "{down} of node-0's agents down at once"
+        );
+        f.agents_on(NodeId(0)).is_empty()
+    });
+    assert!(emptied, "the drain empties the node");
     settle(&mut fleet, &all, 3 * MINUTE);
     for a in &all {
         assert_ne!(node_of(&fleet, *a), NodeId(0), "{a} left or avoided node-0");
