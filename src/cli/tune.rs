@@ -2,7 +2,7 @@
 //! judges every point on its SLOs over several seeds, and recommends the densest setting that
 //! holds them all with a margin.
 
-use super::gate::percentile_nearest_rank;
+use super::gate::{p90_over_seeds, percentile_nearest_rank, within};
 use super::runner::{Job, run_all};
 use super::sim::SimError;
 use super::{EXIT_BAD_INPUT, EXIT_FAILED};
@@ -113,14 +113,14 @@ struct SeedResult {
 struct PointResult {
     knobs: Vec<(String, f64)>,
     density_ratio_median: f64,
-    slo: Vec<SloOverSeeds>,
+    slo: Vec<SloAtPoint>,
     holds: bool,
     holds_with_margin: bool,
     invariant_violation: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
-struct SloOverSeeds {
+struct SloAtPoint {
     name: String,
     comparison: String,
     target: f64,
@@ -352,19 +352,20 @@ fn judge_point<'a>(
         .first()
         .map(|s| s.slo.keys().cloned().collect())
         .unwrap_or_default();
-    let slo: Vec<SloOverSeeds> = names
+    let slo: Vec<SloAtPoint> = names
         .into_iter()
         .map(|name| {
             let (comparison, target, _) = seeds[0].slo[&name].clone();
-            let values: Vec<f64> = seeds
+            let values: Vec<Option<f64>> = seeds
                 .iter()
-                .filter_map(|s| s.slo.get(&name).and_then(|v| v.2))
+                .map(|s| s.slo.get(&name).and_then(|v| v.2))
                 .collect();
             let at_most = comparison == "<=";
-            let measured = percentile_nearest_rank(&values, if at_most { 90 } else { 10 });
-            let pass = measured.is_none_or(|m| if at_most { m <= target } else { m >= target });
+            // The gate's own judgement, so `tune` and `check` never disagree on a point.
+            let measured = p90_over_seeds(&values, at_most);
+            let pass = measured.is_none_or(|m| within(m, at_most, target));
             let headroom = measured.map(|m| headroom(at_most, target, m, margin));
-            SloOverSeeds {
+            SloAtPoint {
                 name,
                 comparison,
                 target,

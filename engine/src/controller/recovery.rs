@@ -147,17 +147,13 @@ impl Controller {
         incident.alerted = true;
         agent.timeline.get_or_insert_with(Box::default);
         self.note(id, TimelineEvent::Unplaceable);
-        let post_mortem = self.post_mortem(id);
-        self.stats.alerts += 1;
-        self.emit(Command::Alert(Box::new(post_mortem)));
+        self.raise_alert(id);
     }
 
     /// Rung 4: raise the critical alert now; park once the pod is gone.
     fn park(&mut self, id: AgentId) {
         self.note(id, TimelineEvent::Parked);
-        let post_mortem = self.post_mortem(id);
-        self.stats.alerts += 1;
-        self.emit(Command::Alert(Box::new(post_mortem)));
+        self.raise_alert(id);
         if self.agent_expect(id).node.is_some() {
             self.stop(id, StopReason::Park, false, AfterStop::Park);
         } else {
@@ -177,9 +173,7 @@ impl Controller {
                 // and keep asking the node to stop it.
                 if then != AfterStop::Park && then != AfterStop::Remove {
                     self.set_after_stop(id, AfterStop::Park);
-                    let post_mortem = self.post_mortem(id);
-                    self.stats.alerts += 1;
-                    self.emit(Command::Alert(Box::new(post_mortem)));
+                    self.raise_alert(id);
                 }
                 self.retry_stop(id);
                 self.set_deadline(id, self.config.recovery.stop_deadline_ms);
@@ -197,6 +191,13 @@ impl Controller {
         }
         self.unplaced.remove(&id);
         self.awaiting_dependencies.remove(&id);
+    }
+
+    /// Pages a human: the critical alert, carrying the agent's post-mortem.
+    fn raise_alert(&mut self, id: AgentId) {
+        let post_mortem = self.post_mortem(id);
+        self.stats.alerts += 1;
+        self.emit(Command::Alert(Box::new(post_mortem)));
     }
 
     fn post_mortem(&mut self, id: AgentId) -> PostMortem {

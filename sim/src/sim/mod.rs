@@ -403,6 +403,7 @@ impl Simulation {
 
     fn populate(&mut self) -> Result<(), EngineError> {
         let fleet = self.scenario.fleet.clone();
+        let fleet_faults = self.scenario.node_faults.clone();
         for index in 0..fleet.nodes {
             let zone = index % fleet.zones;
             let region = zone % fleet.regions;
@@ -419,15 +420,7 @@ impl Simulation {
                 .push_periodic(Millis(offset), Event::NodeTick(NodeId(index)));
             self.schedule_node_failure(NodeId(index), Millis::ZERO);
         }
-        for (i, loss) in self
-            .scenario
-            .node_faults
-            .scheduled
-            .clone()
-            .into_iter()
-            .enumerate()
-        {
-            let _ = i;
+        for loss in &fleet_faults.scheduled {
             self.queue
                 .push(loss.at.0, Event::NodeFail(NodeId(loss.node)));
         }
