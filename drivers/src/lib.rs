@@ -9,7 +9,9 @@
 // and the simulator, not this crate.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+pub mod cgroup;
 pub mod clock;
+pub mod pod;
 pub mod probe;
 pub mod process;
 pub mod snapshot;

@@ -85,7 +85,7 @@ impl AgentProcess {
     }
 }
 
-fn signal_group(pid: u32, signal: Signal) {
+pub(crate) fn signal_group(pid: u32, signal: Signal) {
     if let Ok(pid) = i32::try_from(pid) {
         // The group may be gone already; that is the goal, not an error.
         let _ = killpg(Pid::from_raw(pid), signal);

@@ -11,9 +11,10 @@ use carapace_engine::{
     AgentId, EscalationReason, Instance, Millis, Supervisor, SupervisorCommand, SupervisorInput,
     SupervisorPolicy,
 };
-use serde::Serialize;
-use std::future::Future;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 
 const AGENT: AgentId = AgentId(0);
 const INSTANCE: Instance = Instance(1);
@@ -31,11 +32,43 @@ pub struct SuperviseConfig {
     /// SIGTERM to SIGKILL.
     pub grace: Duration,
     pub policy: SupervisorPolicy,
+    /// Run before every start; a non-zero exit means the config is broken and the agent is
+    /// not started (the controller restores its known-good version: rung 3).
+    pub validate: Option<ProcessSpec>,
+    /// The agent's state directory, for snapshots.
+    pub state: Option<PathBuf>,
+}
+
+/// A request from whoever runs the supervisor (a signal handler, or a pod's control socket).
+#[derive(Debug)]
+pub enum Control {
+    /// Stop the agent and end supervision; replies with how the agent ended.
+    Stop {
+        grace: Duration,
+        reply: oneshot::Sender<Option<i32>>,
+    },
+    /// Snapshot the state directory as `version` in the store at `store`, the agent paused.
+    Snapshot {
+        store: PathBuf,
+        version: u32,
+        reply: oneshot::Sender<Result<(u32, u64), String>>,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+}
+
+/// What the supervisor is doing now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub agent_pid: Option<u32>,
+    pub healthy: bool,
 }
 
 /// What happened, as a line of JSON on the event stream.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Event {
     Spawned {
         at_ms: u64,
@@ -70,6 +103,17 @@ pub enum Event {
         at_ms: u64,
         error: String,
     },
+    /// The config failed validation before a start; the agent was not started.
+    ConfigRejected {
+        at_ms: u64,
+        code: i32,
+    },
+    Snapshotted {
+        at_ms: u64,
+        version: u32,
+        files: u32,
+        bytes: u64,
+    },
     Stopped {
         at_ms: u64,
         code: Option<i32>,
@@ -98,11 +142,12 @@ struct Running {
     healthy: bool,
 }
 
-/// Supervises until `shutdown` resolves or the Supervisor escalates.
+/// Supervises until a [`Control::Stop`] arrives (or `control` closes) or the Supervisor
+/// escalates.
 pub async fn supervise(
     config: SuperviseConfig,
     mut emit: impl FnMut(Event),
-    shutdown: impl Future<Output = ()>,
+    mut control: mpsc::Receiver<Control>,
 ) -> Result<Outcome, SuperviseError> {
     let clock = Clock::start();
     let mut supervisor = Supervisor::new(config.policy.clone());
@@ -113,29 +158,55 @@ pub async fn supervise(
             instance: INSTANCE,
         },
     )?;
-    let mut running = spawn(&config, &clock, 0, &mut emit);
+    let mut running = match start(&config, &clock, 0, &mut emit).await {
+        Ok(started) => Some(started),
+        Err(StartFailure::SpawnFailed) => {
+            supervisor.handle(clock.now(), exited(127))?;
+            None
+        }
+        // The controller, told of the broken config by the event, replaces the pod (rung 3).
+        Err(StartFailure::ConfigRejected) => None,
+    };
     let mut next_probe = clock.now();
     let mut next_memory = clock.now() + millis(config.memory_interval);
     let mut last_rss = 0u64;
-    tokio::pin!(shutdown);
     loop {
         let deadline = supervisor.next_deadline().map(|at| clock.instant(at));
         tokio::select! {
             biased;
-            () = &mut shutdown => {
-                let code = match running.as_mut() {
-                    Some(r) => r.process.stop(config.grace).await.ok().map(exit_code),
-                    None => None,
+            request = control.recv() => {
+                let Some(request) = request else {
+                    stop(&mut running, config.grace, &clock, &mut emit).await;
+                    return Ok(Outcome::Stopped);
                 };
-                emit(Event::Stopped { at_ms: clock.now().0, code });
-                return Ok(Outcome::Stopped);
+                match request {
+                    Control::Stop { grace, reply } => {
+                        let code = stop(&mut running, grace, &clock, &mut emit).await;
+                        let _ = reply.send(code);
+                        return Ok(Outcome::Stopped);
+                    }
+                    Control::Snapshot { store, version, reply } => {
+                        let pid = running.as_ref().map(|r| r.process.pid());
+                        let result = snapshot(config.state.as_deref(), pid, &store, version).await;
+                        if let Ok((files, bytes)) = result {
+                            emit(Event::Snapshotted { at_ms: clock.now().0, version, files, bytes });
+                        }
+                        let _ = reply.send(result);
+                    }
+                    Control::Status { reply } => {
+                        let _ = reply.send(Status {
+                            agent_pid: running.as_ref().map(|r| r.process.pid()),
+                            healthy: running.as_ref().is_some_and(|r| r.healthy),
+                        });
+                    }
+                }
             }
             status = wait(&mut running) => {
                 let code = status.map(exit_code).unwrap_or(-1);
                 let pid = running.take().map_or(0, |r| r.process.pid());
                 let now = clock.now();
                 emit(Event::Exited { at_ms: now.0, pid, code });
-                supervisor.handle(now, SupervisorInput::Exited { agent: AGENT, instance: INSTANCE, code })?;
+                supervisor.handle(now, exited(code))?;
             }
             () = sleep_until(deadline) => {
                 supervisor.handle_timeout(clock.now())?;
@@ -163,19 +234,17 @@ pub async fn supervise(
         while let Some(command) = supervisor.poll_command() {
             match command {
                 SupervisorCommand::Restart { attempt, .. } => {
-                    running = spawn(&config, &clock, attempt, &mut emit);
-                    next_probe = clock.now();
-                    if running.is_none() {
+                    match start(&config, &clock, attempt, &mut emit).await {
+                        Ok(started) => running = Some(started),
                         // Spawning failed: to the Supervisor that is an exit like any other.
-                        supervisor.handle(
-                            clock.now(),
-                            SupervisorInput::Exited {
-                                agent: AGENT,
-                                instance: INSTANCE,
-                                code: 127,
-                            },
-                        )?;
+                        Err(StartFailure::SpawnFailed) => {
+                            supervisor.handle(clock.now(), exited(127))?;
+                        }
+                        // No restart in place mends a broken config: wait, agent down, for
+                        // the controller to replace the pod.
+                        Err(StartFailure::ConfigRejected) => {}
                     }
+                    next_probe = clock.now();
                 }
                 SupervisorCommand::Escalate { reason, .. } => {
                     emit(Event::Escalated {
@@ -193,6 +262,67 @@ pub async fn supervise(
         }
     }
 }
+
+fn exited(code: i32) -> SupervisorInput {
+    SupervisorInput::Exited {
+        agent: AGENT,
+        instance: INSTANCE,
+        code,
+    }
+}
+
+async fn stop(
+    running: &mut Option<Running>,
+    grace: Duration,
+    clock: &Clock,
+    emit: &mut impl FnMut(Event),
+) -> Option<i32> {
+    let code = match running.as_mut() {
+        Some(r) => r.process.stop(grace).await.ok().map(exit_code),
+        None => None,
+    };
+    *running = None;
+    emit(Event::Stopped {
+        at_ms: clock.now().0,
+        code,
+    });
+    code
+}
+
+/// Copies the state directory into the snapshot store with the agent's process group paused,
+/// so that files written together (SQLite's db, WAL and shm) are copied as of one instant.
+async fn snapshot(
+    state: Option<&std::path::Path>,
+    agent_pid: Option<u32>,
+    store: &std::path::Path,
+    version: u32,
+) -> Result<(u32, u64), String> {
+    let state = state
+        .ok_or("this supervisor has no state directory")?
+        .to_owned();
+    let store = store.to_owned();
+    if let Some(pid) = agent_pid {
+        crate::process::signal_group(pid, nix::sys::signal::Signal::SIGSTOP);
+    }
+    let copied = tokio::task::spawn_blocking(move || {
+        let store = crate::snapshot::Store::open(store).map_err(|e| e.to_string())?;
+        let manifest = store
+            .take(&state, version, SNAPSHOT_EXCLUDES)
+            .map_err(|e| e.to_string())?;
+        let bytes = manifest.files.iter().map(|f| f.size).sum();
+        Ok((manifest.files.len() as u32, bytes))
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the snapshot task failed: {e}")));
+    if let Some(pid) = agent_pid {
+        crate::process::signal_group(pid, nix::sys::signal::Signal::SIGCONT);
+    }
+    copied
+}
+
+/// Top-level directories of a state directory that snapshots skip: locks and scratch files
+/// that a new instance must not inherit.
+pub const SNAPSHOT_EXCLUDES: &[&str] = &["tmp"];
 
 fn observe_probe(
     supervisor: &mut Supervisor,
@@ -240,6 +370,46 @@ fn observe_probe(
     }
     Ok(())
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StartFailure {
+    ConfigRejected,
+    SpawnFailed,
+}
+
+/// Validates the config (when a validator is set), then spawns the agent. A rejected config
+/// is reported as its own event.
+async fn start(
+    config: &SuperviseConfig,
+    clock: &Clock,
+    attempt: u32,
+    emit: &mut impl FnMut(Event),
+) -> Result<Running, StartFailure> {
+    if let Some(validator) = &config.validate {
+        let code = match AgentProcess::spawn(validator) {
+            Ok(mut process) => match tokio::time::timeout(VALIDATE_TIMEOUT, process.wait()).await {
+                Ok(Ok(status)) => exit_code(status),
+                Ok(Err(_)) => 127,
+                Err(_) => {
+                    let _ = process.stop(Duration::ZERO).await;
+                    124
+                }
+            },
+            Err(_) => 127,
+        };
+        if code != 0 {
+            emit(Event::ConfigRejected {
+                at_ms: clock.now().0,
+                code,
+            });
+            return Err(StartFailure::ConfigRejected);
+        }
+    }
+    spawn(config, clock, attempt, emit).ok_or(StartFailure::SpawnFailed)
+}
+
+/// A validator that has not answered by then counts as a rejection.
+const VALIDATE_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn spawn(
     config: &SuperviseConfig,

@@ -95,6 +95,9 @@ pub enum EscalationReason {
     Hung,
     /// The process died again right after (re)starting: restarting the same state will not help.
     CrashLoop,
+    /// The node found the pod's supervisor dead (and killed what was left of the pod): rung 1
+    /// is gone for this instance. Reported by the node driver, never by a Supervisor.
+    SupervisorLost,
 }
 
 /// How a command ended.

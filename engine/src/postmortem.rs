@@ -22,6 +22,8 @@ pub enum Cause {
     NodeLost,
     Evicted,
     StartFailed,
+    /// The pod's supervisor died: nothing on the node restarts the agent in place.
+    SupervisorLost,
     /// A rung did not bring the agent back within its deadline.
     DeadlineMissed,
     /// No node had room within the queue deadline.
@@ -38,6 +40,7 @@ impl Cause {
             | Cause::NodeLost
             | Cause::Evicted
             | Cause::StartFailed
+            | Cause::SupervisorLost
             | Cause::DeadlineMissed => Rung::Recreate,
             Cause::CrashLoop | Cause::ConfigInvalid => Rung::RestoreKnownGood,
             Cause::NoCapacity => Rung::Alert,
@@ -49,6 +52,7 @@ impl Cause {
             EscalationReason::BudgetExhausted => Cause::RestartBudgetExhausted,
             EscalationReason::Hung => Cause::Hung,
             EscalationReason::CrashLoop => Cause::CrashLoop,
+            EscalationReason::SupervisorLost => Cause::SupervisorLost,
         }
     }
 }

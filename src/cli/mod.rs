@@ -4,6 +4,7 @@ mod explore;
 mod gate;
 mod runner;
 mod schema;
+mod serve;
 mod sim;
 mod snapshot;
 mod supervise;
@@ -46,6 +47,8 @@ enum Command {
     Supervise(supervise::SuperviseArgs),
     /// Versions of an agent's state directory: take, restore, list (content-addressed, blake3).
     Snapshot(snapshot::SnapshotArgs),
+    /// Run the controller as a daemon: pods on this machine, a durable journal, an HTTP API.
+    Serve(serve::ServeArgs),
     /// Print the JSON Schema of scenario files.
     Schema,
 }
@@ -60,6 +63,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Explore(args) => explore::run(args),
         Command::Supervise(args) => supervise::run(args),
         Command::Snapshot(args) => snapshot::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Schema => schema::run(),
     }
 }

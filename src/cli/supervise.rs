@@ -1,10 +1,13 @@
 //! `carapace supervise [OPTIONS] -- COMMAND [ARGS...]`: the in-pod daemon (rung 1). Keeps one
 //! agent process alive under the engine's Supervisor and prints what happens as JSON lines.
+//! `carapace supervise --pod DIR` runs a pod that `carapace serve` laid out: its spec, event
+//! log and control socket live in DIR.
 
 use super::{EXIT_BAD_INPUT, EXIT_ESCALATED};
+use carapace_drivers::pod::{PodDir, run_pod};
 use carapace_drivers::probe::Probe;
 use carapace_drivers::process::ProcessSpec;
-use carapace_drivers::supervise::{Outcome, SuperviseConfig, supervise};
+use carapace_drivers::supervise::{Control, Outcome, SuperviseConfig, supervise};
 use carapace_engine::SupervisorPolicy;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -13,9 +16,13 @@ use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
 pub struct SuperviseArgs {
+    /// Run the pod laid out in DIR by `carapace serve` (spec, events and control socket there);
+    /// every other option is then taken from the pod's spec.
+    #[arg(long, conflicts_with_all = ["probe", "command"])]
+    pod: Option<PathBuf>,
     /// Health probe: http://IP:PORT/PATH (2xx is healthy), tcp://IP:PORT or "cmd:PROGRAM ARGS".
-    #[arg(long)]
-    probe: Probe,
+    #[arg(long, required_unless_present = "pod")]
+    probe: Option<Probe>,
     /// Probe period while the agent starts.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     startup_probe_interval: Duration,
@@ -48,7 +55,7 @@ pub struct SuperviseArgs {
     #[arg(long)]
     log: Option<PathBuf>,
     /// The agent's command line.
-    #[arg(last = true, required = true)]
+    #[arg(last = true, required_unless_present = "pod")]
     command: Vec<String>,
 }
 
@@ -61,6 +68,9 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
 }
 
 pub fn run(args: SuperviseArgs) -> anyhow::Result<ExitCode> {
+    if let Some(dir) = args.pod {
+        return run_pod_dir(PodDir::new(dir));
+    }
     let defaults = SupervisorPolicy::default();
     let policy = SupervisorPolicy {
         restart_intensity: args.restart_intensity,
@@ -75,7 +85,7 @@ pub fn run(args: SuperviseArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(EXIT_BAD_INPUT));
     }
     let mut words = args.command.into_iter();
-    let program = words.next().expect("clap requires a command");
+    let program = words.next().expect("clap requires a command without --pod");
     let config = SuperviseConfig {
         process: ProcessSpec {
             program,
@@ -84,26 +94,28 @@ pub fn run(args: SuperviseArgs) -> anyhow::Result<ExitCode> {
             dir: args.dir,
             log: args.log,
         },
-        probe: args.probe,
+        probe: args.probe.expect("clap requires a probe without --pod"),
         startup_probe_interval: args.startup_probe_interval,
         probe_interval: args.probe_interval,
         probe_timeout: args.probe_timeout,
         memory_interval: args.memory_interval,
         grace: args.grace,
         policy,
+        validate: None,
+        state: None,
     };
+    let grace = config.grace;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let outcome = runtime.block_on(async {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let shutdown = async move {
-            tokio::select! {
-                _ = terminate.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        };
+        let shutdown = shutdown_signal()?;
+        let (control, requests) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            shutdown.await;
+            let (reply, _) = tokio::sync::oneshot::channel();
+            let _ = control.send(Control::Stop { grace, reply }).await;
+        });
         let emit = |event| {
             let mut stdout = std::io::stdout().lock();
             // A closed stdout must not stop supervision: the agent matters more than the log.
@@ -111,10 +123,35 @@ pub fn run(args: SuperviseArgs) -> anyhow::Result<ExitCode> {
             let _ = stdout.write_all(b"\n");
             let _ = stdout.flush();
         };
-        anyhow::Ok(supervise(config, emit, shutdown).await?)
+        anyhow::Ok(supervise(config, emit, requests).await?)
     })?;
     Ok(match outcome {
         Outcome::Stopped => ExitCode::SUCCESS,
         Outcome::Escalated(_) => ExitCode::from(EXIT_ESCALATED),
+    })
+}
+
+fn run_pod_dir(dir: PodDir) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let outcome = runtime.block_on(async {
+        let shutdown = shutdown_signal()?;
+        anyhow::Ok(run_pod(dir, shutdown).await?)
+    })?;
+    Ok(match outcome {
+        Outcome::Stopped => ExitCode::SUCCESS,
+        Outcome::Escalated(_) => ExitCode::from(EXIT_ESCALATED),
+    })
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
     })
 }

@@ -1,0 +1,217 @@
+//! The HTTP API of `carapace serve`: loopback by default, a bearer token on every route but
+//! `/healthz`. Handlers do not touch the daemon: they send a [`Request`] to its loop and
+//! wait for the answer, so every change goes through the one place that journals it.
+
+use super::agents::AgentRequest;
+use super::daemon::ApiError;
+use axum::Router;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, Request as HttpRequest, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// What a handler asks of the daemon's loop.
+#[derive(Debug)]
+pub enum Request {
+    ListAgents,
+    Agent(String),
+    Create(AgentRequest),
+    Update(String, AgentRequest),
+    Delete(String),
+    Events { after: u64 },
+    Alerts,
+    Nodes,
+    Metrics,
+}
+
+pub type Answer = Result<Value, ApiError>;
+pub type Envelope = (Request, oneshot::Sender<Answer>);
+
+#[derive(Clone, Debug)]
+struct AppState {
+    requests: mpsc::Sender<Envelope>,
+    token: Arc<String>,
+}
+
+/// Every route, with the token check in front of all but `/healthz`.
+pub fn router(requests: mpsc::Sender<Envelope>, token: String) -> Router {
+    let state = AppState {
+        requests,
+        token: Arc::new(token),
+    };
+    let guarded = Router::new()
+        .route("/v1/agents", get(list_agents).post(create_agent))
+        .route(
+            "/v1/agents/{name}",
+            get(show_agent).put(update_agent).delete(delete_agent),
+        )
+        .route("/v1/events", get(events))
+        .route("/v1/alerts", get(alerts))
+        .route("/v1/nodes", get(nodes))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(json!({"ok": true})) }),
+        )
+        .merge(guarded)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
+        .with_state(state)
+}
+
+async fn authorize(State(state): State<AppState>, request: HttpRequest, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if constant_time_eq(token.as_bytes(), state.token.as_bytes()) => {
+            next.run(request).await
+        }
+        _ => {
+            let mut response = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            response
+        }
+    }
+}
+
+/// Compares without an early exit, so response timing tells nothing about the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn ask(state: &AppState, request: Request) -> Response {
+    let (reply, answer) = oneshot::channel();
+    if state.requests.send((request, reply)).await.is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the daemon is shutting down",
+        );
+    }
+    match answer.await {
+        Ok(Ok(value)) => axum::Json(value).into_response(),
+        Ok(Err(api)) => api_error(api),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the daemon is shutting down",
+        ),
+    }
+}
+
+fn api_error(api: ApiError) -> Response {
+    let status = match &api {
+        ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+        ApiError::Conflict(_) => StatusCode::CONFLICT,
+        ApiError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    error(status, &api.to_string())
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(json!({"error": message}))).into_response()
+}
+
+/// A body that does not parse: 400, naming the field, line and column serde reports.
+fn bad_body(rejection: JsonRejection) -> Response {
+    error(StatusCode::BAD_REQUEST, &rejection.body_text())
+}
+
+async fn list_agents(State(state): State<AppState>) -> Response {
+    ask(&state, Request::ListAgents).await
+}
+
+async fn show_agent(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    ask(&state, Request::Agent(name)).await
+}
+
+async fn create_agent(
+    State(state): State<AppState>,
+    body: Result<axum::Json<AgentRequest>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(axum::Json(request)) => {
+            let mut response = ask(&state, Request::Create(request)).await;
+            if response.status() == StatusCode::OK {
+                *response.status_mut() = StatusCode::CREATED;
+            }
+            response
+        }
+        Err(rejection) => bad_body(rejection),
+    }
+}
+
+async fn update_agent(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<axum::Json<AgentRequest>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(axum::Json(request)) => ask(&state, Request::Update(name, request)).await,
+        Err(rejection) => bad_body(rejection),
+    }
+}
+
+async fn delete_agent(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    ask(&state, Request::Delete(name)).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct After {
+    #[serde(default)]
+    after: u64,
+}
+
+async fn events(
+    State(state): State<AppState>,
+    query: Result<Query<After>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    match query {
+        Ok(Query(After { after })) => ask(&state, Request::Events { after }).await,
+        Err(rejection) => error(StatusCode::BAD_REQUEST, &rejection.body_text()),
+    }
+}
+
+async fn alerts(State(state): State<AppState>) -> Response {
+    ask(&state, Request::Alerts).await
+}
+
+async fn nodes(State(state): State<AppState>) -> Response {
+    ask(&state, Request::Nodes).await
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let response = ask(&state, Request::Metrics).await;
+    if response.status() != StatusCode::OK {
+        return response;
+    }
+    let bytes = axum::body::to_bytes(response.into_body(), 16 << 20)
+        .await
+        .unwrap_or_default();
+    let text: String = serde_json::from_slice(&bytes).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// The API's description, served as it is; a test checks every route in it answers.
+pub const OPENAPI: &str = include_str!("openapi.json");

@@ -1,0 +1,169 @@
+//! `carapace.toml`: how `carapace serve` runs on this machine. The `[policy]` table is the
+//! engine's own configuration, exactly as scenario files carry it, so a policy tuned in
+//! simulation ships unchanged.
+
+use carapace_engine::EngineConfig;
+use carapace_sim::scenario::{Bytes, Span};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Where the store, pods and snapshots live. Relative paths are relative to the file.
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub node: NodeConfig,
+    #[serde(default)]
+    pub pods: PodsConfig,
+    #[serde(default = "default_policy")]
+    pub policy: EngineConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Loopback by default: the API holds the keys to every agent.
+    pub listen: SocketAddr,
+    /// File holding the bearer token (created, mode 0600, when missing). Relative to data_dir.
+    pub token_file: PathBuf,
+    /// Post-mortems are appended here as JSON lines. Relative to data_dir.
+    pub alerts_file: PathBuf,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
+            token_file: PathBuf::from("token"),
+            alerts_file: PathBuf::from("alerts.jsonl"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Memory for pods on this machine; the machine's total when not set.
+    pub memory: Option<Bytes>,
+    /// Name of the parent memory cgroup pods are created under.
+    pub cgroup_parent: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            memory: None,
+            cgroup_parent: "carapace".to_owned(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PodsConfig {
+    /// Each pod gets `port_stride` ports from here on (an OpenClaw gateway derives ports up
+    /// to base + 110 from its own).
+    pub port_base: u16,
+    pub port_stride: u16,
+    /// At most this many pods at once (ports are reserved for each).
+    pub max_pods: u16,
+    pub startup_probe_interval: Span,
+    pub probe_interval: Span,
+    pub probe_timeout: Span,
+    pub memory_interval: Span,
+    /// SIGTERM to SIGKILL when a pod is stopped.
+    pub grace: Span,
+}
+
+impl Default for PodsConfig {
+    fn default() -> Self {
+        PodsConfig {
+            port_base: 28_800,
+            port_stride: 120,
+            max_pods: 256,
+            startup_probe_interval: Span(carapace_engine::Millis(500)),
+            probe_interval: Span(carapace_engine::Millis(5_000)),
+            probe_timeout: Span(carapace_engine::Millis(2_000)),
+            memory_interval: Span(carapace_engine::Millis(10_000)),
+            grace: Span(carapace_engine::Millis(10_000)),
+        }
+    }
+}
+
+/// The engine's defaults, less what the process driver cannot do yet: warm pools.
+fn default_policy() -> EngineConfig {
+    let mut policy = EngineConfig::default();
+    policy.placement.warm_pool_per_node = 0;
+    policy
+}
+
+/// Reads and checks a config file; errors name the file, line, column and field.
+pub fn load(path: &Path) -> Result<ServeConfig, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let document = toml::de::DeTable::parse(&text).map_err(|e| located(path, &text, &e))?;
+    let deserializer = toml::de::Deserializer::from(document);
+    let mut config: ServeConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let field = e.path().to_string();
+        format!(
+            "{}: field `{field}`: {}",
+            path.display(),
+            located_inner(&text, e.inner())
+        )
+    })?;
+    if config.policy.placement.warm_pool_per_node != 0 {
+        return Err(format!(
+            "{}: field `policy.placement.warm_pool_per_node`: the process driver keeps no warm pool yet; set it to 0",
+            path.display()
+        ));
+    }
+    config
+        .policy
+        .validate()
+        .map_err(|e| format!("{}: field `policy`: {e}", path.display()))?;
+    if config.pods.port_stride == 0 || config.pods.max_pods == 0 {
+        return Err(format!(
+            "{}: field `pods`: port_stride and max_pods must be at least 1",
+            path.display()
+        ));
+    }
+    let last_port = u32::from(config.pods.port_base)
+        + u32::from(config.pods.port_stride) * u32::from(config.pods.max_pods);
+    if last_port > u32::from(u16::MAX) {
+        return Err(format!(
+            "{}: field `pods`: port_base + port_stride × max_pods ({last_port}) passes 65535",
+            path.display()
+        ));
+    }
+    let base = path.parent().unwrap_or(Path::new("."));
+    if config.data_dir.is_relative() {
+        config.data_dir = base.join(&config.data_dir);
+    }
+    for file in [&mut config.api.token_file, &mut config.api.alerts_file] {
+        if file.is_relative() {
+            *file = config.data_dir.join(&*file);
+        }
+    }
+    Ok(config)
+}
+
+fn located(path: &Path, text: &str, error: &toml::de::Error) -> String {
+    format!("{}: {}", path.display(), located_inner(text, error))
+}
+
+/// "line L, column C: message" when the error has a position.
+fn located_inner(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().to_owned();
+    match error.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}

@@ -1,0 +1,373 @@
+//! `carapace serve --config carapace.toml`: the engine's Controller in a daemon, carrying its
+//! decisions out as pods on this machine, with a durable store, a journal every decision can
+//! be replayed from, and an HTTP API.
+
+mod agents;
+mod api;
+mod config;
+mod daemon;
+mod driver;
+
+use super::EXIT_BAD_INPUT;
+use api::{Envelope, Request};
+use carapace_drivers::cgroup::Enforcement;
+use carapace_engine::{AgentStatus, Millis};
+use daemon::{ApiError, Daemon, LOCAL_NODE};
+use driver::{PodSettings, ProcessDriver};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The daemon's config file (TOML): data_dir, [api], [node], [pods], [policy].
+    #[arg(long)]
+    config: PathBuf,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = match config::load(&args.config) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("carapace serve: {message}");
+            return Ok(ExitCode::from(EXIT_BAD_INPUT));
+        }
+    };
+    if !config.api.listen.ip().is_loopback() {
+        eprintln!(
+            "carapace serve: {}: field `api.listen`: {} is not a loopback address; the API \
+             has no TLS yet, so it serves loopback only",
+            args.config.display(),
+            config.api.listen
+        );
+        return Ok(ExitCode::from(EXIT_BAD_INPUT));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let token = read_or_create_token(&config.api.token_file)?;
+    let (reports_tx, mut reports) = mpsc::channel(1024);
+    let settings = PodSettings {
+        startup_probe_interval: duration(config.pods.startup_probe_interval.0),
+        probe_interval: duration(config.pods.probe_interval.0),
+        probe_timeout: duration(config.pods.probe_timeout.0),
+        memory_interval: duration(config.pods.memory_interval.0),
+        grace: duration(config.pods.grace.0),
+        policy: config.policy.supervisor.clone(),
+        port_base: config.pods.port_base,
+        port_stride: config.pods.port_stride,
+        max_pods: config.pods.max_pods,
+    };
+    let driver = ProcessDriver::new(
+        config.data_dir.clone(),
+        &config.node.cgroup_parent,
+        settings,
+        reports_tx,
+    )?;
+    match driver.enforcement() {
+        enforced @ Enforcement::Enforced { .. } => tracing::info!("{enforced}"),
+        unenforced => {
+            eprintln!("carapace serve: WARNING: {unenforced}");
+            tracing::warn!("{unenforced}");
+        }
+    }
+    let now_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    let store = carapace_store::Store::open(&config.data_dir.join("carapace.redb"), now_unix_ms)?;
+    let memory = match config.node.memory {
+        Some(bytes) => bytes.0,
+        None => machine_memory_bytes()?,
+    };
+    let mut daemon = Daemon::open(store, config.policy.clone(), memory, driver)?;
+    if let Some(dropped) = &daemon.replayed.dropped {
+        eprintln!("carapace serve: WARNING: the journal was cut short: {dropped}");
+    }
+    tracing::info!(
+        records = daemon.replayed.records,
+        divergences = daemon.replayed.divergences,
+        agents = daemon.agents.len(),
+        "journal replayed"
+    );
+    daemon.reconcile()?;
+    let (requests_tx, mut requests) = mpsc::channel::<Envelope>(256);
+    let listener = tokio::net::TcpListener::bind(config.api.listen).await?;
+    let address = listener.local_addr()?;
+    // Tests and scripts wait for this line: the API answers from here on.
+    println!("carapace serve: listening on http://{address}");
+    let app = api::router(requests_tx, token);
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!(%error, "the API server stopped");
+        }
+    });
+    let alerts_file = config.api.alerts_file.clone();
+    let mut alerts_written = daemon.alerts.len();
+    let shutdown = shutdown_signal()?;
+    tokio::pin!(shutdown);
+    loop {
+        let deadline = daemon
+            .controller
+            .next_deadline()
+            .map(|at| daemon.clock.instant(at));
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(report) = reports.recv() => daemon.on_report(report),
+            Some((request, reply)) = requests.recv() => {
+                let _ = reply.send(answer(&mut daemon, request));
+            }
+            () = sleep_until(deadline) => {
+                if let Err(error) = daemon.tick() {
+                    tracing::error!(%error, "the engine refused a timeout");
+                }
+            }
+        }
+        alerts_written = write_alerts(&daemon, &alerts_file, alerts_written);
+    }
+    // Pods keep running without the daemon: rung 1 is theirs, and a restarted daemon
+    // reattaches to them.
+    eprintln!("carapace serve: stopping; pods keep running");
+    Ok(())
+}
+
+fn answer(daemon: &mut Daemon, request: Request) -> api::Answer {
+    match request {
+        Request::ListAgents => {
+            let agents: Vec<Value> = daemon
+                .agents
+                .values()
+                .map(|record| agent_view(daemon, record.id))
+                .collect();
+            Ok(json!({ "agents": agents }))
+        }
+        Request::Agent(name) => {
+            let id = daemon.id_of(&name)?;
+            Ok(agent_view(daemon, id))
+        }
+        Request::Create(request) => {
+            let record = daemon.create(request)?;
+            Ok(agent_view(daemon, record.id))
+        }
+        Request::Update(name, request) => {
+            let record = daemon.update(&name, request)?;
+            Ok(agent_view(daemon, record.id))
+        }
+        Request::Delete(name) => {
+            daemon.remove(&name)?;
+            Ok(json!({ "removed": name }))
+        }
+        Request::Events { after } => {
+            let events: Vec<_> = daemon.feed.iter().filter(|e| e.seq > after).collect();
+            Ok(json!({ "events": events }))
+        }
+        Request::Alerts => Ok(json!({ "alerts": daemon.alerts })),
+        Request::Nodes => {
+            let node = daemon
+                .controller
+                .node(LOCAL_NODE)
+                .ok_or_else(|| ApiError::NotFound("the local node has not joined".into()))?;
+            Ok(json!({ "nodes": [{ "id": LOCAL_NODE.0, "memory": node }] }))
+        }
+        Request::Metrics => Ok(Value::String(metrics(daemon))),
+    }
+}
+
+fn agent_view(daemon: &Daemon, id: carapace_engine::AgentId) -> Value {
+    let mut view = daemon.agents[&id].view();
+    if let Some(status) = daemon.controller.agent(id) {
+        view["status"] = json!(status.status);
+        view["instance"] = json!(status.instance.0);
+        view["running_version"] = json!(status.version);
+        view["known_good"] = json!(status.known_good);
+        view["latest_snapshot"] = json!(status.latest_snapshot.map(|s| s.0));
+        view["rung"] = json!(status.rung);
+        view["reservation_bytes"] = json!(status.reservation_bytes);
+    }
+    view
+}
+
+/// Prometheus text: fleet state by status, the ladder, the journal, the cgroup guard.
+fn metrics(daemon: &Daemon) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    let mut by_status = std::collections::BTreeMap::new();
+    for id in daemon.agents.keys() {
+        if let Some(view) = daemon.controller.agent(*id) {
+            *by_status.entry(view.status).or_insert(0u64) += 1;
+        }
+    }
+    let _ = writeln!(text, "# HELP carapace_agents Desired agents by status.");
+    let _ = writeln!(text, "# TYPE carapace_agents gauge");
+    for status in [
+        AgentStatus::Queued,
+        AgentStatus::Starting,
+        AgentStatus::Running,
+        AgentStatus::Restarting,
+        AgentStatus::Stopping,
+        AgentStatus::Parked,
+    ] {
+        let name = serde_json::to_value(status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let count = by_status.get(&status).copied().unwrap_or(0);
+        let _ = writeln!(text, "carapace_agents{{status=\"{name}\"}} {count}");
+    }
+    let stats = daemon.controller.stats();
+    let _ = writeln!(
+        text,
+        "# HELP carapace_incidents_resolved_total Incidents closed by each rung."
+    );
+    let _ = writeln!(text, "# TYPE carapace_incidents_resolved_total counter");
+    for (rung, count) in stats.resolved_by_rung.iter().enumerate() {
+        let _ = writeln!(
+            text,
+            "carapace_incidents_resolved_total{{rung=\"{}\"}} {count}",
+            rung + 1
+        );
+    }
+    for (name, help, value) in [
+        (
+            "carapace_alerts_total",
+            "Critical alerts raised (agents parked).",
+            stats.alerts,
+        ),
+        (
+            "carapace_engine_inputs_total",
+            "Inputs the engine took.",
+            stats.inputs,
+        ),
+        (
+            "carapace_engine_commands_total",
+            "Commands the engine issued.",
+            stats.commands,
+        ),
+        (
+            "carapace_journal_records",
+            "Records in the journal.",
+            daemon.journal_records,
+        ),
+        (
+            "carapace_journal_replay_divergences",
+            "Commands that replayed differently at startup.",
+            daemon.replayed.divergences,
+        ),
+    ] {
+        let _ = writeln!(text, "# HELP {name} {help}");
+        let _ = writeln!(
+            text,
+            "# TYPE {name} {}",
+            if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            }
+        );
+        let _ = writeln!(text, "{name} {value}");
+    }
+    let enforced = u8::from(daemon.driver.enforcement().is_enforced());
+    let _ = writeln!(
+        text,
+        "# HELP carapace_memory_limits_enforced 1 when pods run under memory cgroups; 0 means limits are NOT enforced."
+    );
+    let _ = writeln!(text, "# TYPE carapace_memory_limits_enforced gauge");
+    let _ = writeln!(text, "carapace_memory_limits_enforced {enforced}");
+    text
+}
+
+/// Appends post-mortems raised since the last call to the alerts file, as JSON lines.
+fn write_alerts(daemon: &Daemon, path: &Path, written: usize) -> usize {
+    use std::io::Write as _;
+    if daemon.alerts.len() <= written {
+        return daemon.alerts.len();
+    }
+    let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    else {
+        tracing::error!(path = %path.display(), "cannot open the alerts file");
+        return written;
+    };
+    for post_mortem in daemon.alerts.iter().skip(written) {
+        if let Ok(mut line) = serde_json::to_vec(post_mortem) {
+            line.push(b'\n');
+            let _ = file.write_all(&line);
+        }
+    }
+    daemon.alerts.len()
+}
+
+/// The token clients present; made (mode 0600) on first start.
+fn read_or_create_token(path: &Path) -> anyhow::Result<String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    if let Ok(text) = std::fs::read_to_string(path) {
+        let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            anyhow::bail!(
+                "{}: the token file is readable by others (mode {mode:o}); chmod 600 it",
+                path.display()
+            );
+        }
+        let token = text.trim().to_owned();
+        if token.len() < 16 {
+            anyhow::bail!(
+                "{}: the token must be at least 16 characters",
+                path.display()
+            );
+        }
+        return Ok(token);
+    }
+    let token = agents::fresh_token() + &agents::fresh_token();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(token.as_bytes())?;
+    eprintln!(
+        "carapace serve: wrote a new API token to {}",
+        path.display()
+    );
+    Ok(token)
+}
+
+fn machine_memory_bytes() -> anyhow::Result<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("/proc/meminfo has no MemTotal"))?;
+    Ok(kib * 1024)
+}
+
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    })
+}
+
+async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn duration(millis: Millis) -> Duration {
+    Duration::from_millis(millis.0)
+}
