@@ -16,6 +16,10 @@ mod sim;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 #[path = "cli/supervise.rs"]
 mod supervise;
+// The daemon and its pods run in real time, like `supervise`.
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)]
+#[path = "cli/serve.rs"]
+mod serve;
 #[path = "cli/tune.rs"]
 mod tune;
 #[path = "cli/validate.rs"]

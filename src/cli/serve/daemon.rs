@@ -295,14 +295,44 @@ impl Daemon {
             batch.put_desired(CONFIGS, config_key(id, record.version.config), &text);
         }
         batch.put_meta("next_agent", &(id.0 + 1).to_le_bytes());
-        self.apply(Input::CreateAgent(record.spec()), batch)
-            .map_err(ApiError::from)?;
-        if let Some(text) = record.config_text() {
-            self.configs.insert((id, record.version.config), text);
+        // The start the engine decides runs within `apply`: it must find the agent.
+        let previous = self.remember(&record);
+        if let Err(error) = self.apply(Input::CreateAgent(record.spec()), batch) {
+            self.forget(&record, previous);
+            return Err(error.into());
         }
-        self.names.insert(record.request.name.clone(), id);
-        self.agents.insert(id, record.clone());
         Ok(record)
+    }
+
+    /// Puts a record into the in-memory desired state; returns what it replaced.
+    fn remember(&mut self, record: &AgentRecord) -> Option<AgentRecord> {
+        if let Some(text) = record.config_text() {
+            self.configs
+                .insert((record.id, record.version.config), text);
+        }
+        self.names.insert(record.request.name.clone(), record.id);
+        self.agents.insert(record.id, record.clone())
+    }
+
+    /// Undoes [`remember`](Self::remember) after the engine refused the change.
+    fn forget(&mut self, record: &AgentRecord, previous: Option<AgentRecord>) {
+        match previous {
+            Some(previous) => {
+                let stale = self
+                    .configs
+                    .contains_key(&(record.id, record.version.config))
+                    && previous.version.config != record.version.config;
+                if stale {
+                    self.configs.remove(&(record.id, record.version.config));
+                }
+                self.agents.insert(record.id, previous);
+            }
+            None => {
+                self.configs.remove(&(record.id, record.version.config));
+                self.names.remove(&record.request.name);
+                self.agents.remove(&record.id);
+            }
+        }
     }
 
     pub fn update(&mut self, name: &str, request: AgentRequest) -> Result<AgentRecord, ApiError> {
@@ -322,12 +352,11 @@ impl Daemon {
         if let Some(text) = record.config_text() {
             batch.put_desired(CONFIGS, config_key(id, record.version.config), &text);
         }
-        self.apply(Input::UpdateAgent(record.spec()), batch)
-            .map_err(ApiError::from)?;
-        if let Some(text) = record.config_text() {
-            self.configs.insert((id, record.version.config), text);
+        let previous = self.remember(&record);
+        if let Err(error) = self.apply(Input::UpdateAgent(record.spec()), batch) {
+            self.forget(&record, previous);
+            return Err(error.into());
         }
-        self.agents.insert(id, record.clone());
         Ok(record)
     }
 
@@ -510,10 +539,10 @@ impl Daemon {
         }
     }
 
+    /// Reported through the driver's channel, not applied here: `execute` runs inside a
+    /// step, and a step does not nest.
     fn driver_finished(&mut self, command: CommandId, outcome: Outcome) {
-        if let Err(error) = self.apply(Input::FinishCommand { command, outcome }, Batch::new()) {
-            tracing::warn!(%error, "finishing a command");
-        }
+        self.driver.report_finished(command, outcome);
     }
 
     /// Turns what a pod or a command's task reported into engine inputs.

@@ -470,6 +470,11 @@ impl ProcessDriver {
             .open(&pod_cgroup_name(agent, instance))
     }
 
+    /// Reports a command's end on the driver's channel, as its tasks do.
+    pub fn report_finished(&self, command: CommandId, outcome: Outcome) {
+        self.finish(command, outcome);
+    }
+
     fn finish(&self, command: CommandId, outcome: Outcome) {
         let reports = self.reports.clone();
         tokio::spawn(async move {

@@ -1,0 +1,692 @@
+//! `carapace serve` on real processes: the daemon, its pods (`carapace supervise --pod`) in
+//! real memory cgroups, and `carapace-test-agent` as the agent — crashed, hung, stripped of
+//! its config, starved of memory, orphaned of its supervisor, and the daemon itself killed
+//! with SIGKILL. Every wait is a poll against a deadline.
+
+use crate::common::{Scratch, workspace};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+/// Policy for tests: the engine's timers scaled down so that every rung is reached in
+/// seconds. Probes every 200 ms, a hang after 3 failed probes, known-good after 1.5 s.
+const TEST_PODS: &str = r#"
+startup_probe_interval = "100ms"
+probe_interval = "200ms"
+probe_timeout = "300ms"
+memory_interval = "200ms"
+grace = "1s"
+"#;
+
+const TEST_POLICY: &str = r#"
+[policy.supervisor]
+hang_probe_failures = 3
+
+[policy.recovery]
+known_good_dwell_ms = 1500
+relapse_window_ms = 500
+restart_deadline_ms = 20000
+start_deadline_ms = 30000
+snapshot_interval_ms = 600000
+"#;
+
+/// Every test daemon gets ports of its own: tests run in parallel.
+fn port_block() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let base = 30_000 + (std::process::id() % 50) as u16 * 400;
+    base + n * 40
+}
+
+/// A running `carapace serve` with its own data directory, cgroup parent and ports.
+struct Served {
+    child: Option<Child>,
+    config: PathBuf,
+    data: PathBuf,
+    cgroup_parent: String,
+    base_url: String,
+    token: String,
+    lines: Receiver<String>,
+    agent_bin: PathBuf,
+}
+
+impl Served {
+    fn start(scratch: &Scratch, extra: &str) -> Served {
+        let ports = port_block();
+        let cgroup_parent = format!("carapace-serve-test-{}-{ports}", std::process::id());
+        let config = scratch.file(
+            "carapace.toml",
+            &format!(
+                "data_dir = \"data\"\n\
+                 [api]\nlisten = \"127.0.0.1:{ports}\"\n\
+                 [node]\ncgroup_parent = \"{cgroup_parent}\"\n\
+                 [pods]\nport_base = {base}\nport_stride = 1\nmax_pods = 30\n{TEST_PODS}\n\
+                 {TEST_POLICY}\n{extra}",
+                base = ports + 1,
+            ),
+        );
+        let data = scratch.path().join("data");
+        let mut served = Served {
+            child: None,
+            config,
+            data,
+            cgroup_parent,
+            base_url: format!("http://127.0.0.1:{ports}"),
+            token: String::new(),
+            lines: channel().1,
+            agent_bin: test_agent(),
+        };
+        served.launch();
+        served
+    }
+
+    /// Starts (or restarts) the daemon and waits until its API answers.
+    fn launch(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_carapace"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start carapace serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (sender, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        self.child = Some(child);
+        self.lines = lines;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains("listening on") => break,
+                Ok(_) => {}
+                Err(_) => panic!("carapace serve did not start listening within 30 s"),
+            }
+        }
+        self.token = std::fs::read_to_string(self.data.join("token"))
+            .expect("the daemon wrote its token")
+            .trim()
+            .to_owned();
+    }
+
+    fn kill_daemon(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let url = format!("{}{path}", self.base_url);
+        let auth = format!("Bearer {}", token.unwrap_or(&self.token));
+        let response = match (method, body) {
+            ("GET", _) => agent.get(&url).header("Authorization", &auth).call(),
+            ("DELETE", _) => agent.delete(&url).header("Authorization", &auth).call(),
+            ("POST", Some(body)) => agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .send_json(body),
+            ("PUT", Some(body)) => agent
+                .put(&url)
+                .header("Authorization", &auth)
+                .send_json(body),
+            _ => panic!("unsupported request {method} {path}"),
+        };
+        let mut response = response.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    fn api(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+        let (status, value) = self.request(method, path, body, None);
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {value}"
+        );
+        value
+    }
+
+    /// An agent that runs `carapace-test-agent` with its state in the pod.
+    fn agent_body(&self, name: &str, extra: Value) -> Value {
+        let bin = self.agent_bin.display().to_string();
+        let mut body = json!({
+            "name": name,
+            "memory_limit": "256MiB",
+            "command": [bin, "--state", "{state}", "--config", "{config}", "--port", "{port}"],
+            "probe": "http://127.0.0.1:{port}/readyz",
+            "config": {"port": 1, "boot_ms": 200, "greeting": "v1"},
+            "validate": [bin, "--validate", "--config", "{config}"],
+        });
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            for (key, value) in extra {
+                body.insert(key.clone(), value.clone());
+            }
+        }
+        body
+    }
+
+    fn agent(&self, name: &str) -> Value {
+        self.api("GET", &format!("/v1/agents/{name}"), None)
+    }
+
+    /// Waits until the agent's view satisfies `ready`, polling every 50 ms.
+    fn wait_agent(
+        &self,
+        name: &str,
+        within: Duration,
+        what: &str,
+        ready: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let view = self.agent(name);
+            if ready(&view) {
+                return view;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{name}: not {what} within {within:?}; last view {view}; events {}",
+                    self.api("GET", "/v1/events", None)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_running(&self, name: &str, instance: u64) -> Value {
+        self.wait_agent(
+            name,
+            Duration::from_secs(60),
+            &format!("running as #{instance}"),
+            |v| v["status"] == "running" && v["instance"] == instance,
+        )
+    }
+
+    /// The port of an agent's current pod, from the pod directory.
+    fn port_of(&self, name: &str) -> u16 {
+        let view = self.agent(name);
+        let dir = self.pod_dir(&view);
+        std::fs::read_to_string(dir.join("port"))
+            .expect("the pod's port file")
+            .trim()
+            .parse()
+            .expect("a port")
+    }
+
+    fn pod_dir(&self, view: &Value) -> PathBuf {
+        self.data
+            .join("pods")
+            .join(view["id"].to_string())
+            .join(view["instance"].to_string())
+    }
+
+    /// The agent's own HTTP API, as a client of the agent would use it.
+    fn agent_call(&self, name: &str, method: &str, path: &str) -> Value {
+        call_port(self.port_of(name), method, path)
+    }
+
+    /// Every live process of every pod of this daemon (agents and supervisors), from the
+    /// pods' cgroups.
+    fn pod_processes(&self) -> Vec<u32> {
+        let Ok(cgroups) = carapace_drivers::cgroup::MemoryCgroups::detect(&self.cgroup_parent)
+        else {
+            return Vec::new();
+        };
+        let mut pids = Vec::new();
+        for name in cgroups.list() {
+            if let Some(cgroup) = cgroups.open(&name) {
+                pids.extend(cgroup.pids().unwrap_or_default());
+            }
+        }
+        pids.sort_unstable();
+        pids
+    }
+
+    /// Agent processes (not supervisors) running for this daemon.
+    fn agent_processes(&self) -> Vec<u32> {
+        self.pod_processes()
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.contains("carapace-test-agent") && !c.contains("--validate"))
+            })
+            .collect()
+    }
+
+    fn events(&self) -> Vec<String> {
+        self.api("GET", "/v1/events", None)["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["agent"].as_str().unwrap_or("-"),
+                    e["what"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.kill_daemon();
+        if let Ok(cgroups) = carapace_drivers::cgroup::MemoryCgroups::detect(&self.cgroup_parent) {
+            for name in cgroups.list() {
+                if let Some(cgroup) = cgroups.open(&name) {
+                    let _ = cgroup.kill_all();
+                    let _ = cgroup.remove_when_empty(Duration::from_secs(5));
+                }
+            }
+            let _ = std::fs::remove_dir(cgroups.root());
+        }
+    }
+}
+
+/// A test agent's own HTTP API, as a client of the agent would use it.
+fn call_port(port: u16, method: &str, path: &str) -> Value {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let mut response = match method {
+        "GET" => agent.get(&url).call(),
+        _ => agent.post(&url).send_empty(),
+    }
+    .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    serde_json::from_str(&text).unwrap_or(Value::String(text))
+}
+
+/// The test agent binary, built beside `carapace` by the workspace build.
+fn test_agent() -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_carapace")).with_file_name("carapace-test-agent");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the workspace (cargo test --workspace builds it)",
+        bin.display()
+    );
+    bin
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
+        .expect("signal a process");
+}
+
+#[test]
+fn a_crashed_agent_is_restarted_in_place_and_a_hung_one_recreated_with_its_state() {
+    let scratch = Scratch::new("serve-ladder");
+    let served = Served::start(&scratch, "");
+    served.api(
+        "POST",
+        "/v1/agents",
+        Some(&served.agent_body("alpha", json!({}))),
+    );
+    served.wait_running("alpha", 1);
+    assert_eq!(served.agent_call("alpha", "POST", "/turn")["turns"], 1);
+    let first_pid = served.agent_call("alpha", "GET", "/state")["pid"]
+        .as_u64()
+        .unwrap();
+
+    // Rung 1: the pod's supervisor restarts it where it is; same instance, new process.
+    served.agent_call("alpha", "POST", "/crash?code=3");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let second_pid = loop {
+        let pid = std::panic::catch_unwind(|| {
+            served.agent_call("alpha", "GET", "/state")["pid"].as_u64()
+        })
+        .ok()
+        .flatten();
+        if let Some(pid) = pid.filter(|p| *p != first_pid) {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the crashed agent was not restarted within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_ne!(second_pid, first_pid);
+    let view = served.wait_running("alpha", 1);
+    assert_eq!(view["rung"], "restart_in_place", "{view}");
+    assert_eq!(
+        served.agent_call("alpha", "GET", "/state")["turns"],
+        1,
+        "rung 1 keeps the state where it is"
+    );
+
+    // Rung 2: a hang (alive, probe failing) is recreated from a snapshot, state intact.
+    signal(second_pid as u32, nix::sys::signal::Signal::SIGSTOP);
+    let view = served.wait_running("alpha", 2);
+    assert!(!alive(second_pid as u32), "the hung process is gone");
+    assert_eq!(view["rung"], "recreate", "{view}");
+    assert_eq!(
+        served.agent_call("alpha", "GET", "/state")["turns"],
+        1,
+        "the recreated agent has its state; events {:?}",
+        served.events()
+    );
+    assert_eq!(
+        served.agent_processes().len(),
+        1,
+        "one live copy of the agent"
+    );
+}
+
+#[test]
+fn a_daemon_killed_with_sigkill_readopts_its_pods_without_duplicates() {
+    let scratch = Scratch::new("serve-readopt");
+    let mut served = Served::start(&scratch, "");
+    for name in ["a", "b", "c"] {
+        served.api(
+            "POST",
+            "/v1/agents",
+            Some(&served.agent_body(name, json!({}))),
+        );
+    }
+    for name in ["a", "b", "c"] {
+        served.wait_running(name, 1);
+    }
+    let before = served.agent_processes();
+    assert_eq!(before.len(), 3, "three agents, three processes");
+
+    let port_b = served.port_of("b");
+    served.kill_daemon();
+    // While no daemon runs, rung 1 still does: the pod restarts its agent by itself.
+    let pid_b = call_port(port_b, "GET", "/state")["pid"].as_u64().unwrap() as u32;
+    call_port(port_b, "POST", "/crash?code=9");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while served.agent_processes().len() != 3 || served.agent_processes().contains(&pid_b) {
+        assert!(
+            Instant::now() < deadline,
+            "the pod did not restart its agent without a daemon"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    served.launch();
+    for name in ["a", "b", "c"] {
+        let view = served.wait_running(name, 1);
+        assert_eq!(
+            view["instance"], 1,
+            "{name} was adopted, not recreated: {view}"
+        );
+    }
+    let after = served.agent_processes();
+    assert_eq!(after.len(), 3, "no duplicates after the restart: {after:?}");
+    assert!(before.contains(&after[0]) || before.contains(&after[1]) || before.contains(&after[2]));
+    for name in ["a", "c"] {
+        let pid = served.agent_call(name, "GET", "/state")["pid"]
+            .as_u64()
+            .unwrap() as u32;
+        assert!(
+            before.contains(&pid),
+            "{name} kept its process through the daemon's restart"
+        );
+    }
+    let metrics = served.request("GET", "/metrics", None, None).1;
+    let metrics = metrics.as_str().expect("metrics text");
+    assert!(
+        metrics.contains("carapace_journal_replay_divergences 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("carapace_agents{status=\"running\"} 3"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_truncated_config_is_rolled_back_to_the_known_good_version() {
+    let scratch = Scratch::new("serve-config");
+    let served = Served::start(&scratch, "");
+    served.api(
+        "POST",
+        "/v1/agents",
+        Some(&served.agent_body("cfg", json!({}))),
+    );
+    served.wait_running("cfg", 1);
+    served.agent_call("cfg", "POST", "/turn");
+    // Healthy for the dwell: the engine marks the version known-good and snapshots it.
+    served.wait_agent("cfg", Duration::from_secs(30), "known-good", |v| {
+        !v["known_good"].is_null()
+    });
+    let view = served.agent("cfg");
+    let config = served.pod_dir(&view).join("config.json");
+    let text = std::fs::read_to_string(&config).expect("the pod's config");
+    std::fs::write(&config, &text[..text.len() / 3]).expect("truncate the config");
+    // A running gateway ignores its config file; the next start validates it and refuses.
+    served.agent_call("cfg", "POST", "/crash?code=1");
+    let view = served.wait_running("cfg", 2);
+    assert_eq!(
+        view["rung"],
+        "restore_known_good",
+        "{view}; events {:?}",
+        served.events()
+    );
+    let restored =
+        std::fs::read_to_string(served.pod_dir(&view).join("config.json")).expect("config");
+    assert_eq!(
+        restored.trim(),
+        text.trim(),
+        "the known-good config is back"
+    );
+    assert_eq!(
+        served.agent_call("cfg", "GET", "/state")["turns"],
+        1,
+        "with the known-good state"
+    );
+}
+
+#[test]
+fn a_killed_supervisor_takes_its_agent_down_and_the_agent_is_recreated() {
+    let scratch = Scratch::new("serve-supervisor");
+    let served = Served::start(&scratch, "");
+    served.api(
+        "POST",
+        "/v1/agents",
+        Some(&served.agent_body("orphan", json!({}))),
+    );
+    let view = served.wait_running("orphan", 1);
+    let agent_pid = served.agent_call("orphan", "GET", "/state")["pid"]
+        .as_u64()
+        .unwrap() as u32;
+    let supervisor: u32 = std::fs::read_to_string(served.pod_dir(&view).join("supervise.pid"))
+        .expect("the supervisor's pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    signal(supervisor, nix::sys::signal::Signal::SIGKILL);
+    let view = served.wait_running("orphan", 2);
+    assert_eq!(view["rung"], "recreate", "{view}");
+    assert!(
+        !alive(agent_pid),
+        "the orphaned agent was killed with its pod"
+    );
+    assert_eq!(served.agent_processes().len(), 1);
+}
+
+#[test]
+fn an_agent_over_its_memory_limit_is_oom_killed_by_its_cgroup_and_restarted() {
+    let scratch = Scratch::new("serve-oom");
+    let served = Served::start(&scratch, "");
+    served.api(
+        "POST",
+        "/v1/agents",
+        Some(&served.agent_body("hungry", json!({"memory_limit": "96MiB"}))),
+    );
+    served.wait_running("hungry", 1);
+    let pid = served.agent_call("hungry", "GET", "/state")["pid"]
+        .as_u64()
+        .unwrap() as u32;
+    // The spike kills the agent mid-request: no answer is expected.
+    let port = served.port_of("hungry");
+    let _ = ureq::post(&format!("http://127.0.0.1:{port}/spike?bytes=200000000")).send_empty();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alive(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the agent outlived its memory limit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let view = served.wait_agent("hungry", Duration::from_secs(30), "restarted", |v| {
+        v["status"] == "running" && v["rung"] == "restart_in_place"
+    });
+    assert_eq!(view["instance"], 1);
+    let post_mortem_free = served.api("GET", "/v1/alerts", None);
+    assert_eq!(
+        post_mortem_free["alerts"],
+        json!([]),
+        "no alert for a rung-1 recovery"
+    );
+}
+
+#[test]
+fn the_api_refuses_bad_requests_with_the_field_and_changes_nothing() {
+    let scratch = Scratch::new("serve-api");
+    let served = Served::start(&scratch, "");
+    let (status, body) = served.request("GET", "/v1/agents", None, Some("wrong-token"));
+    assert_eq!(status, 401, "{body}");
+    let (status, _) = served.request("GET", "/healthz", None, Some(""));
+    assert_eq!(status, 200, "liveness needs no token");
+
+    let mut unknown = served.agent_body("x", json!({}));
+    unknown["memroy_limit"] = json!("1GiB");
+    let (status, body) = served.request("POST", "/v1/agents", Some(&unknown), None);
+    assert_eq!(status, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("memroy_limit"),
+        "{body}"
+    );
+
+    let bad_size = served.agent_body("x", json!({"memory_limit": "lots"}));
+    let (status, body) = served.request("POST", "/v1/agents", Some(&bad_size), None);
+    assert_eq!(status, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("memory_limit"),
+        "{body}"
+    );
+
+    let bad_name = served.agent_body("no/slashes", json!({}));
+    let (status, body) = served.request("POST", "/v1/agents", Some(&bad_name), None);
+    assert_eq!(status, 400);
+    assert!(
+        body["error"].as_str().unwrap().starts_with("name"),
+        "{body}"
+    );
+
+    assert_eq!(
+        served.api("GET", "/v1/agents", None)["agents"],
+        json!([]),
+        "nothing half-applied"
+    );
+    let (status, _) = served.request("GET", "/v1/agents/nobody", None, None);
+    assert_eq!(status, 404);
+
+    served.api(
+        "POST",
+        "/v1/agents",
+        Some(&served.agent_body("once", json!({}))),
+    );
+    let (status, _) = served.request(
+        "POST",
+        "/v1/agents",
+        Some(&served.agent_body("once", json!({}))),
+        None,
+    );
+    assert_eq!(status, 409);
+
+    let openapi = served.api("GET", "/openapi.json", None);
+    for path in [
+        "/v1/agents",
+        "/v1/agents/{name}",
+        "/v1/events",
+        "/v1/alerts",
+        "/v1/nodes",
+        "/metrics",
+        "/healthz",
+    ] {
+        assert!(openapi["paths"].get(path).is_some(), "{path} is documented");
+    }
+    let nodes = served.api("GET", "/v1/nodes", None);
+    assert!(
+        nodes["nodes"][0]["memory"]["capacity_bytes"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+
+    served.api("DELETE", "/v1/agents/once", None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !served.agent_processes().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "a removed agent's pod kept running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn serve_refuses_a_bad_config_file_naming_the_field_and_a_public_address() {
+    let scratch = Scratch::new("serve-config-errors");
+    let bad = scratch.file(
+        "bad.toml",
+        "data_dir = \"d\"\n[pods]\nprobe_intervall = \"1s\"\n",
+    );
+    let run = crate::common::carapace(["serve", "--config", bad.to_str().unwrap()]);
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(
+        run.stderr.contains("bad.toml") && run.stderr.contains("probe_intervall"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("line 3"), "{}", run.stderr);
+
+    let public = scratch.file(
+        "public.toml",
+        "data_dir = \"d\"\n[api]\nlisten = \"0.0.0.0:7878\"\n",
+    );
+    let run = crate::common::carapace(["serve", "--config", public.to_str().unwrap()]);
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(run.stderr.contains("loopback"), "{}", run.stderr);
+    assert!(
+        !scratch.path().join("d").exists(),
+        "a refused config creates nothing"
+    );
+    let _ = workspace();
+}
