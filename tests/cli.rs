@@ -20,6 +20,9 @@ mod supervise;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 #[path = "cli/serve.rs"]
 mod serve;
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)]
+#[path = "cli/serve_openclaw.rs"]
+mod serve_openclaw;
 #[path = "cli/tune.rs"]
 mod tune;
 #[path = "cli/validate.rs"]

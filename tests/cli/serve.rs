@@ -43,7 +43,7 @@ fn port_block() -> u16 {
 }
 
 /// A running `carapace serve` with its own data directory, cgroup parent and ports.
-struct Served {
+pub(crate) struct Served {
     child: Option<Child>,
     config: PathBuf,
     data: PathBuf,
@@ -55,8 +55,19 @@ struct Served {
 }
 
 impl Served {
-    fn start(scratch: &Scratch, extra: &str) -> Served {
+    fn start(scratch: &Scratch) -> Served {
         let ports = port_block();
+        let pods = format!(
+            "port_base = {}\nport_stride = 1\nmax_pods = 30\n{TEST_PODS}",
+            ports + 1
+        );
+        Served::start_with(scratch, ports, &pods, TEST_POLICY)
+    }
+
+    /// A daemon whose API listens on `api_port`, with `pods` as its `[pods]` table and
+    /// `policy` for its `[policy.*]` tables.
+    pub(crate) fn start_with(scratch: &Scratch, api_port: u16, pods: &str, policy: &str) -> Served {
+        let ports = api_port;
         let cgroup_parent = format!("carapace-serve-test-{}-{ports}", std::process::id());
         let config = scratch.file(
             "carapace.toml",
@@ -64,9 +75,7 @@ impl Served {
                 "data_dir = \"data\"\n\
                  [api]\nlisten = \"127.0.0.1:{ports}\"\n\
                  [node]\ncgroup_parent = \"{cgroup_parent}\"\n\
-                 [pods]\nport_base = {base}\nport_stride = 1\nmax_pods = 30\n{TEST_PODS}\n\
-                 {TEST_POLICY}\n{extra}",
-                base = ports + 1,
+                 [pods]\n{pods}\n{policy}\n",
             ),
         );
         let data = scratch.path().join("data");
@@ -122,14 +131,14 @@ impl Served {
             .to_owned();
     }
 
-    fn kill_daemon(&mut self) {
+    pub(crate) fn kill_daemon(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    fn request(
+    pub(crate) fn request(
         &self,
         method: &str,
         path: &str,
@@ -163,7 +172,7 @@ impl Served {
         (status, value)
     }
 
-    fn api(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+    pub(crate) fn api(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
         let (status, value) = self.request(method, path, body, None);
         assert!(
             (200..300).contains(&status),
@@ -191,12 +200,12 @@ impl Served {
         body
     }
 
-    fn agent(&self, name: &str) -> Value {
+    pub(crate) fn agent(&self, name: &str) -> Value {
         self.api("GET", &format!("/v1/agents/{name}"), None)
     }
 
     /// Waits until the agent's view satisfies `ready`, polling every 50 ms.
-    fn wait_agent(
+    pub(crate) fn wait_agent(
         &self,
         name: &str,
         within: Duration,
@@ -229,7 +238,7 @@ impl Served {
     }
 
     /// The port of an agent's current pod, from the pod directory.
-    fn port_of(&self, name: &str) -> u16 {
+    pub(crate) fn port_of(&self, name: &str) -> u16 {
         let view = self.agent(name);
         let dir = self.pod_dir(&view);
         std::fs::read_to_string(dir.join("port"))
@@ -239,7 +248,7 @@ impl Served {
             .expect("a port")
     }
 
-    fn pod_dir(&self, view: &Value) -> PathBuf {
+    pub(crate) fn pod_dir(&self, view: &Value) -> PathBuf {
         self.data
             .join("pods")
             .join(view["id"].to_string())
@@ -253,7 +262,7 @@ impl Served {
 
     /// Every live process of every pod of this daemon (agents and supervisors), from the
     /// pods' cgroups.
-    fn pod_processes(&self) -> Vec<u32> {
+    pub(crate) fn pod_processes(&self) -> Vec<u32> {
         let Ok(cgroups) = carapace_drivers::cgroup::MemoryCgroups::detect(&self.cgroup_parent)
         else {
             return Vec::new();
@@ -279,7 +288,7 @@ impl Served {
             .collect()
     }
 
-    fn events(&self) -> Vec<String> {
+    pub(crate) fn events(&self) -> Vec<String> {
         self.api("GET", "/v1/events", None)["events"]
             .as_array()
             .expect("events")
@@ -337,11 +346,11 @@ fn test_agent() -> PathBuf {
     bin
 }
 
-fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 
-fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+pub(crate) fn signal(pid: u32, signal: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
         .expect("signal a process");
 }
@@ -349,7 +358,7 @@ fn signal(pid: u32, signal: nix::sys::signal::Signal) {
 #[test]
 fn a_crashed_agent_is_restarted_in_place_and_a_hung_one_recreated_with_its_state() {
     let scratch = Scratch::new("serve-ladder");
-    let served = Served::start(&scratch, "");
+    let served = Served::start(&scratch);
     served.api(
         "POST",
         "/v1/agents",
@@ -409,7 +418,7 @@ fn a_crashed_agent_is_restarted_in_place_and_a_hung_one_recreated_with_its_state
 #[test]
 fn a_daemon_killed_with_sigkill_readopts_its_pods_without_duplicates() {
     let scratch = Scratch::new("serve-readopt");
-    let mut served = Served::start(&scratch, "");
+    let mut served = Served::start(&scratch);
     for name in ["a", "b", "c"] {
         served.api(
             "POST",
@@ -472,7 +481,7 @@ fn a_daemon_killed_with_sigkill_readopts_its_pods_without_duplicates() {
 #[test]
 fn a_truncated_config_is_rolled_back_to_the_known_good_version() {
     let scratch = Scratch::new("serve-config");
-    let served = Served::start(&scratch, "");
+    let served = Served::start(&scratch);
     served.api(
         "POST",
         "/v1/agents",
@@ -514,7 +523,7 @@ fn a_truncated_config_is_rolled_back_to_the_known_good_version() {
 #[test]
 fn a_killed_supervisor_takes_its_agent_down_and_the_agent_is_recreated() {
     let scratch = Scratch::new("serve-supervisor");
-    let served = Served::start(&scratch, "");
+    let served = Served::start(&scratch);
     served.api(
         "POST",
         "/v1/agents",
@@ -542,7 +551,7 @@ fn a_killed_supervisor_takes_its_agent_down_and_the_agent_is_recreated() {
 #[test]
 fn an_agent_over_its_memory_limit_is_oom_killed_by_its_cgroup_and_restarted() {
     let scratch = Scratch::new("serve-oom");
-    let served = Served::start(&scratch, "");
+    let served = Served::start(&scratch);
     served.api(
         "POST",
         "/v1/agents",
@@ -578,7 +587,7 @@ fn an_agent_over_its_memory_limit_is_oom_killed_by_its_cgroup_and_restarted() {
 #[test]
 fn the_api_refuses_bad_requests_with_the_field_and_changes_nothing() {
     let scratch = Scratch::new("serve-api");
-    let served = Served::start(&scratch, "");
+    let served = Served::start(&scratch);
     let (status, body) = served.request("GET", "/v1/agents", None, Some("wrong-token"));
     assert_eq!(status, 401, "{body}");
     let (status, _) = served.request("GET", "/healthz", None, Some(""));

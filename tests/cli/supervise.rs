@@ -189,7 +189,7 @@ time.sleep(600)
 }
 
 /// Where scripts/install-openclaw put the gateway and its Node.js.
-fn openclaw() -> (PathBuf, PathBuf) {
+pub(crate) fn openclaw() -> (PathBuf, PathBuf) {
     let root = workspace().join("target/openclaw");
     let bin = std::env::var_os("OPENCLAW_BIN").map_or_else(
         || root.join("app/node_modules/.bin/openclaw"),
