@@ -43,7 +43,18 @@ pub struct FeedEntry {
     pub seq: u64,
     pub at_ms: u64,
     pub agent: Option<String>,
+    /// `observation` (what a pod reported) or `decision` (a command of the engine).
+    pub kind: FeedKind,
+    /// A short machine-readable name: `exited`, `ready`, `start`, `stop`, `alert`, ...
+    pub event: &'static str,
     pub what: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeedKind {
+    Observation,
+    Decision,
 }
 
 /// The daemon's clock: engine time since the store's epoch, never going backwards across
@@ -100,6 +111,8 @@ pub struct Daemon {
     /// The start command each new instance's first event finishes.
     pending_starts: BTreeMap<(AgentId, Instance), CommandId>,
     pub alerts: VecDeque<PostMortem>,
+    /// The last process each agent's pod spawned, for operators and chaos.
+    pub agent_pids: BTreeMap<AgentId, (Instance, u32)>,
     pub feed: VecDeque<FeedEntry>,
     feed_seq: u64,
     pub replayed: Replayed,
@@ -141,6 +154,7 @@ impl Daemon {
             in_flight: BTreeMap::new(),
             pending_starts: BTreeMap::new(),
             alerts: VecDeque::new(),
+            agent_pids: BTreeMap::new(),
             feed: VecDeque::new(),
             feed_seq: 0,
             replayed: Replayed::default(),
@@ -452,7 +466,13 @@ impl Daemon {
             self.pending_starts.insert((*agent, *instance), *id);
         }
         let what = describe(command);
-        self.push_feed(at, command.agent(), what);
+        self.push_feed(
+            at,
+            command.agent(),
+            FeedKind::Decision,
+            command_name(command),
+            what,
+        );
         if let Command::Alert(post_mortem) = command {
             if self.alerts.len() == MAX_ALERTS {
                 self.alerts.pop_front();
@@ -471,7 +491,14 @@ impl Daemon {
         }
     }
 
-    fn push_feed(&mut self, at: Millis, agent: Option<AgentId>, what: String) {
+    fn push_feed(
+        &mut self,
+        at: Millis,
+        agent: Option<AgentId>,
+        kind: FeedKind,
+        event: &'static str,
+        what: String,
+    ) {
         self.feed_seq += 1;
         if self.feed.len() == MAX_EVENTS {
             self.feed.pop_front();
@@ -485,6 +512,8 @@ impl Daemon {
             seq: self.feed_seq,
             at_ms: at.0,
             agent,
+            kind,
+            event,
             what,
         });
     }
@@ -555,6 +584,8 @@ impl Daemon {
                 self.push_feed(
                     self.clock.now(),
                     Some(agent),
+                    FeedKind::Observation,
+                    "supervisor_lost",
                     format!("supervisor of {instance} lost"),
                 );
                 self.input_for_current(
@@ -590,6 +621,18 @@ impl Daemon {
         batch.put_desired(CURSORS, u64::from(agent.0), &cursor);
         self.cursors.insert(agent, cursor);
         let pending = self.pending_starts.get(&(agent, instance)).copied();
+        if let Some((name, what)) = observation(&event) {
+            self.push_feed(
+                self.clock.now(),
+                Some(agent),
+                FeedKind::Observation,
+                name,
+                format!("{instance} {what}"),
+            );
+        }
+        if let Event::Spawned { pid, .. } = event {
+            self.agent_pids.insert(agent, (instance, pid));
+        }
         let inputs: Vec<Input> = match event {
             Event::Spawned { .. } => match pending {
                 Some(command) => vec![
@@ -695,6 +738,40 @@ impl Daemon {
 
 fn config_key(agent: AgentId, config_version: u32) -> u64 {
     (u64::from(agent.0) << 32) | u64::from(config_version)
+}
+
+/// What a pod event tells an operator, if it is worth a line: its name and a description.
+fn observation(event: &Event) -> Option<(&'static str, String)> {
+    Some(match event {
+        Event::Spawned { pid, attempt, .. } => (
+            "spawned",
+            format!("process {pid} spawned (attempt {attempt})"),
+        ),
+        Event::Ready { after_ms, .. } => ("ready", format!("ready after {after_ms} ms")),
+        Event::ProbeFailed { reason, .. } => ("probe_failed", format!("probe failed: {reason}")),
+        Event::Exited { code, .. } => ("exited", format!("exited with code {code}")),
+        Event::Escalated { reason, .. } => ("escalated", format!("escalated: {reason:?}")),
+        Event::ConfigRejected { code, .. } => (
+            "config_rejected",
+            format!("config refused by its validator (exit {code})"),
+        ),
+        Event::SpawnFailed { error, .. } => ("spawn_failed", format!("could not spawn: {error}")),
+        _ => return None,
+    })
+}
+
+fn command_name(command: &Command) -> &'static str {
+    match command {
+        Command::Start { .. } => "start",
+        Command::Stop { .. } => "stop",
+        Command::TakeSnapshot { .. } => "snapshot",
+        Command::Throttle { .. } => "throttle",
+        Command::Alert(_) => "alert",
+        Command::WarmUp { .. } => "warm_up",
+        Command::ReportRollout { .. } => "rollout",
+        Command::Reject { .. } => "reject",
+        _ => "other",
+    }
 }
 
 /// A one-line account of a decision, for the event feed.

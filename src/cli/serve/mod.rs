@@ -166,7 +166,7 @@ fn answer(daemon: &mut Daemon, request: Request) -> api::Answer {
         }
         Request::Events { after } => {
             let events: Vec<_> = daemon.feed.iter().filter(|e| e.seq > after).collect();
-            Ok(json!({ "events": events }))
+            Ok(json!({ "now_ms": daemon.clock.now().0, "events": events }))
         }
         Request::Alerts => Ok(json!({ "alerts": daemon.alerts })),
         Request::Nodes => {
@@ -190,7 +190,27 @@ fn agent_view(daemon: &Daemon, id: carapace_engine::AgentId) -> Value {
         view["latest_snapshot"] = json!(status.latest_snapshot.map(|s| s.0));
         view["rung"] = json!(status.rung);
         view["reservation_bytes"] = json!(status.reservation_bytes);
+        let dir = daemon.driver.pod_dir(id, status.instance);
+        if dir.root().exists() {
+            let read = |name: &str| {
+                std::fs::read_to_string(dir.root().join(name))
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u32>().ok())
+            };
+            let agent_pid = daemon
+                .agent_pids
+                .get(&id)
+                .filter(|(instance, _)| *instance == status.instance)
+                .map(|(_, pid)| *pid);
+            view["pod"] = json!({
+                "dir": dir.root(),
+                "port": read("port"),
+                "supervisor_pid": read("supervise.pid"),
+                "agent_pid": agent_pid,
+            });
+        }
     }
+    view["now_ms"] = json!(daemon.clock.now().0);
     view
 }
 
