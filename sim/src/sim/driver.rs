@@ -102,6 +102,7 @@ impl Simulation {
                     && let Some(process) = a.process.as_mut()
                 {
                     process.memory_high = Some(memory_bytes_high);
+                    self.sync_hot(agent);
                 }
             }
             Command::Alert(post_mortem) => {
@@ -151,14 +152,20 @@ impl Simulation {
         if !sim_node.versions.contains(&version) {
             sim_node.versions.push(version);
         }
-        sim_node.add_pod(id);
         let agent = &mut self.agents[id.index()];
-        if let Some(old) = agent.pod
-            && self.nodes[old.node.index()].up
-        {
-            self.stats
-                .invariant_violation
-                .get_or_insert(format!("at {}: two live copies of {id}", self.now));
+        if let Some(old) = agent.pod {
+            if self.nodes[old.node.index()].up {
+                self.stats
+                    .invariant_violation
+                    .get_or_insert(format!("at {}: two live copies of {id}", self.now));
+            }
+            // A node that still lists the agent is no longer where its pod is: its tick reads
+            // the agent itself from now on.
+            if old.node != node
+                && let Some(stale) = self.nodes[old.node.index()].hot_mut(id)
+            {
+                stale.slow = true;
+            }
         }
         let agent = &mut self.agents[id.index()];
         agent.pod = Some(Pod { node, instance });
@@ -166,7 +173,10 @@ impl Simulation {
         if reason == StartReason::RestoreKnownGood {
             agent.config_broken = false;
         }
-        if agent.config_broken || self.broken_versions.contains(&version) {
+        let hot = PodHot::of(agent, self.scenario.probes.memory_deadband);
+        let config_broken = agent.config_broken;
+        self.nodes[node.index()].add_pod(id, hot);
+        if config_broken || self.broken_versions.contains(&version) {
             if !self.measures.is_open(id) && self.broken_versions.contains(&version) {
                 self.measures.fault(id, Fault::BrokenRelease, self.now);
             }

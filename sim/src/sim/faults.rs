@@ -111,6 +111,7 @@ impl Simulation {
                 agent.spike_bytes = bytes;
                 agent.spike_from = self.now;
                 agent.spike_until = self.now + duration;
+                self.sync_hot(id);
             }
             _ => {}
         }
@@ -144,7 +145,7 @@ impl Simulation {
     }
 
     pub(super) fn node_lost_detected(&mut self, node: NodeId) {
-        let pods = std::mem::take(&mut self.nodes[node.index()].pods);
+        let pods = self.nodes[node.index()].clear_pods();
         for &id in &pods {
             self.measures.observed(id, self.now);
             let agent = &mut self.agents[id.index()];

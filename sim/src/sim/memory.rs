@@ -5,6 +5,12 @@ use super::*;
 
 impl Simulation {
     /// Samples memory, plays the kernel's OOM killer, forwards samples past the deadband.
+    ///
+    /// It reads the node's hot copies ([`crate::world::PodHot`]), side by side, rather than
+    /// the agents, which are spread over the fleet's array; an agent is read itself only when
+    /// its copy cannot settle it: a sample that may have to be forwarded, a kill, an agent
+    /// whose memory the copy does not model.
+    #[inline(never)]
     pub(super) fn node_tick(&mut self, node: NodeId) {
         let period = self.scenario.probes.memory_interval.0;
         if self.now + period <= self.end {
@@ -14,31 +20,52 @@ impl Simulation {
         if !self.nodes[node.index()].up {
             return;
         }
+        let now = self.now;
         let capacity = self.nodes[node.index()].capacity_bytes;
-        let pods = std::mem::take(&mut self.nodes[node.index()].pods);
-        // Scratch buffers live on between ticks: a tick allocates nothing.
+        let max_silence = self.scenario.probes.memory_max_silence.0;
+        // Scratch buffers live on between ticks: a tick allocates nothing. `usage` holds
+        // every sampled (agent, memory); `forward`, the indices in `usage` of the samples the
+        // deadband may not swallow.
         let mut usage = std::mem::take(&mut self.tick_usage);
         let mut killed = std::mem::take(&mut self.tick_killed);
+        let mut forward = std::mem::take(&mut self.tick_forward);
         usage.clear();
         killed.clear();
-        for &id in &pods {
-            let Some(memory) = self.memory_of(id) else {
+        forward.clear();
+        let mut sum: u64 = 0;
+        // Nothing here changes the node's pods.
+        let sim_node = &self.nodes[node.index()];
+        for (&id, hot) in sim_node.pods.iter().zip(&sim_node.hot) {
+            let (memory, exact) = if hot.slow || (hot.live && now < hot.spike_until) {
+                match self.memory_of(id) {
+                    Some(memory) => (memory, true),
+                    None => continue,
+                }
+            } else if hot.live {
+                (
+                    hot.steady_memory(&self.classes[usize::from(hot.class)], now),
+                    false,
+                )
+            } else {
                 continue;
             };
-            let limit = self.classes[usize::from(self.agents[id.index()].class)].limit_bytes;
+            let limit = self.classes[usize::from(hot.class)].limit_bytes;
             if memory >= limit {
-                // The pod's own cgroup limit: the kernel kills this agent, nobody else.
-                self.measures.cgroup_oom_kills += 1;
-                self.measures.fault(id, Fault::OomKilled, self.now);
-                killed.push((id, true));
+                cgroup_oom_kill(&mut self.measures, id, now, &mut killed);
                 continue;
+            }
+            sum += memory;
+            let swallowed = !exact
+                && now.saturating_since(hot.last_fed_at) < max_silence
+                && (hot.skip_lo..=hot.skip_hi).contains(&memory);
+            if !swallowed {
+                forward.push(usage.len() as u32);
             }
             usage.push((id, memory));
         }
-        self.nodes[node.index()].pods = pods;
         let warm_memory = self.scenario.fleet.warm_instance_memory.0;
         let warm = u64::from(self.nodes[node.index()].warm) * warm_memory;
-        let mut total: u64 = warm + usage.iter().map(|(_, m)| m).sum::<u64>();
+        let mut total: u64 = warm + sum;
         // Idle warm instances go first: they hold no agent's work. A start expecting one then
         // boots cold.
         while total > capacity && self.nodes[node.index()].warm > 0 {
@@ -49,18 +76,21 @@ impl Simulation {
             self.measures.node_oom_events += 1;
             let spiking = usage
                 .iter()
-                .any(|(id, _)| self.agents[id.index()].spike_until > self.now);
+                .any(|(id, _)| self.agents[id.index()].spike_until > now);
             // The kernel's choice: the largest resident set (oom_score follows RSS).
             usage.sort_by_key(|&(id, m)| (std::cmp::Reverse(m), id));
             while total > capacity && !usage.is_empty() {
                 let (victim, memory) = usage.remove(0);
                 total -= memory;
-                if spiking && self.agents[victim.index()].spike_until <= self.now {
+                if spiking && self.agents[victim.index()].spike_until <= now {
                     self.measures.collateral_kills += 1;
                 }
-                self.measures.fault(victim, Fault::NodeOomVictim, self.now);
+                self.measures.fault(victim, Fault::NodeOomVictim, now);
                 killed.push((victim, true));
             }
+            // The survivors, in the kernel's order, each checked on the agent.
+            forward.clear();
+            forward.extend(0..usage.len() as u32);
         }
         self.measures
             .node_utilisation(total as f64 / capacity as f64);
@@ -68,19 +98,21 @@ impl Simulation {
             self.exit_process(id, 137, oom);
         }
         let deadband = self.scenario.probes.memory_deadband;
-        let max_silence = self.scenario.probes.memory_max_silence.0;
-        for &(id, memory) in &usage {
+        for &index in &forward {
+            let (id, memory) = usage[index as usize];
             let agent = &self.agents[id.index()];
             let (Some(pod), true) = (agent.pod, agent.process.is_some()) else {
                 continue;
             };
             let last = agent.last_fed_bytes;
-            let quiet = self.now.saturating_since(agent.last_fed_at) < max_silence;
+            let quiet = now.saturating_since(agent.last_fed_at) < max_silence;
             if last != 0 && quiet && (memory.abs_diff(last) as f64) < deadband * last as f64 {
                 continue;
             }
-            self.agents[id.index()].last_fed_bytes = memory;
-            self.agents[id.index()].last_fed_at = self.now;
+            let agent = &mut self.agents[id.index()];
+            agent.last_fed_bytes = memory;
+            agent.last_fed_at = now;
+            self.sync_hot(id);
             self.stats.memory_samples_fed += 1;
             self.feed(Input::SampleMemory {
                 agent: id,
@@ -90,6 +122,19 @@ impl Simulation {
         }
         self.tick_usage = usage;
         self.tick_killed = killed;
+        self.tick_forward = forward;
+    }
+
+    /// Rewrites the hot copy of `id` on the node its pod is on, after a field it copies changed.
+    pub(super) fn sync_hot(&mut self, id: AgentId) {
+        let agent = &self.agents[id.index()];
+        let Some(pod) = agent.pod else {
+            return;
+        };
+        let hot = PodHot::of(agent, self.scenario.probes.memory_deadband);
+        if let Some(slot) = self.nodes[pod.node.index()].hot_mut(id) {
+            *slot = hot;
+        }
     }
 
     pub(super) fn memory_of(&self, id: AgentId) -> Option<u64> {
@@ -106,4 +151,17 @@ impl Simulation {
             None => modelled_memory(agent, class, process, self.now),
         })
     }
+}
+
+/// The pod's own cgroup limit: the kernel kills this agent, nobody else.
+#[cold]
+fn cgroup_oom_kill(
+    measures: &mut Measures,
+    id: AgentId,
+    now: Millis,
+    killed: &mut Vec<(AgentId, bool)>,
+) {
+    measures.cgroup_oom_kills += 1;
+    measures.fault(id, Fault::OomKilled, now);
+    killed.push((id, true));
 }

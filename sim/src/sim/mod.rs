@@ -16,7 +16,9 @@ use crate::queue::EventQueue;
 use crate::rng::{Component, Counters, Streams};
 use crate::scenario::{Dist, Scenario};
 use crate::trace::{MemorySeries, Replays, TraceEvent, TraceEventKind};
-use crate::world::{ClassModel, Pod, Process, ProcessState, SimAgent, SimNode, modelled_memory};
+use crate::world::{
+    ClassModel, Pod, PodHot, Process, ProcessState, SimAgent, SimNode, modelled_memory,
+};
 use carapace_engine::{
     AgentId, AgentSpec, Command, CommandId, Controller, EngineError, Input, Instance, Millis,
     NodeId, NodeSpec, Outcome, Priority, RegionId, RolloutId, RolloutSpec, SnapshotId, StartReason,
@@ -209,6 +211,7 @@ pub struct Simulation {
     /// The node tick's scratch buffers, kept so that a tick allocates nothing.
     tick_usage: Vec<(AgentId, u64)>,
     tick_killed: Vec<(AgentId, bool)>,
+    tick_forward: Vec<u32>,
     /// Trace index per class, when the class replays one.
     class_trace: Vec<Option<usize>>,
     serving: u32,
@@ -287,6 +290,7 @@ impl Simulation {
             draws: Vec::new(),
             tick_usage: Vec::new(),
             tick_killed: Vec::new(),
+            tick_forward: Vec::new(),
             class_trace,
             serving: 0,
             check_invariants_every: 0,

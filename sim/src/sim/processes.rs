@@ -53,6 +53,7 @@ impl Simulation {
         agent.process = None;
         // The work that spiked died with the process.
         agent.spike_until = Millis::ZERO;
+        self.sync_hot(id);
     }
 
     /// The pod of process `life` of `id`, if that process still lives in `state` on an up node:
@@ -99,6 +100,7 @@ impl Simulation {
             ready_at: Millis::MAX,
             memory_high: None,
         });
+        self.sync_hot(id);
         self.queue
             .push(self.now + boot, Event::Ready { agent: id, life });
     }
