@@ -1,5 +1,9 @@
 //! The `carapace` binary, run as a user runs it: one test binary, one module per subcommand.
 
+// Real processes run in real time, as in `serve`.
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)]
+#[path = "cli/chaos.rs"]
+mod chaos;
 #[path = "cli/check.rs"]
 mod check;
 #[path = "cli/common.rs"]

@@ -1,5 +1,6 @@
 //! Command-line parsing and the subcommands.
 
+mod chaos;
 mod explore;
 mod gate;
 mod runner;
@@ -49,6 +50,8 @@ enum Command {
     Snapshot(snapshot::SnapshotArgs),
     /// Run the controller as a daemon: pods on this machine, a durable journal, an HTTP API.
     Serve(serve::ServeArgs),
+    /// Inject a real fault into an agent of a running `serve` and measure its recovery.
+    Chaos(chaos::ChaosArgs),
     /// Print the JSON Schema of scenario files.
     Schema,
 }
@@ -64,6 +67,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Supervise(args) => supervise::run(args),
         Command::Snapshot(args) => snapshot::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Chaos(args) => chaos::run(args),
         Command::Schema => schema::run(),
     }
 }

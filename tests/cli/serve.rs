@@ -55,7 +55,7 @@ pub(crate) struct Served {
 }
 
 impl Served {
-    fn start(scratch: &Scratch) -> Served {
+    pub(crate) fn start(scratch: &Scratch) -> Served {
         let ports = port_block();
         let pods = format!(
             "port_base = {}\nport_stride = 1\nmax_pods = 30\n{TEST_PODS}",
@@ -131,6 +131,10 @@ impl Served {
             .to_owned();
     }
 
+    pub(crate) fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
     pub(crate) fn kill_daemon(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -182,7 +186,7 @@ impl Served {
     }
 
     /// An agent that runs `carapace-test-agent` with its state in the pod.
-    fn agent_body(&self, name: &str, extra: Value) -> Value {
+    pub(crate) fn agent_body(&self, name: &str, extra: Value) -> Value {
         let bin = self.agent_bin.display().to_string();
         let mut body = json!({
             "name": name,
@@ -228,7 +232,7 @@ impl Served {
         }
     }
 
-    fn wait_running(&self, name: &str, instance: u64) -> Value {
+    pub(crate) fn wait_running(&self, name: &str, instance: u64) -> Value {
         self.wait_agent(
             name,
             Duration::from_secs(60),

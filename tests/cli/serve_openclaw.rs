@@ -233,7 +233,7 @@ fn gateway_pid(served: &Served, view: &Value) -> u32 {
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter(|e| e["event"]["event"] == "spawned")
         .filter_map(|e| e["event"]["pid"].as_u64())
-        .last()
+        .next_back()
         .expect("a spawned gateway") as u32
 }
 

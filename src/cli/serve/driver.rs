@@ -299,7 +299,11 @@ impl ProcessDriver {
                     if !client.dir().root().exists() {
                         return;
                     }
-                    if since.elapsed() > SUPERVISOR_START_GRACE && !supervisor_alive(client.dir()) {
+                    // A supervisor that recorded its pid and is gone is lost now; one that
+                    // has not written it yet may still be starting.
+                    let started = client.dir().pid().exists();
+                    let waited = since.elapsed() > SUPERVISOR_START_GRACE;
+                    if (started || waited) && !supervisor_alive(client.dir()) {
                         if let Some(cgroup) = &cgroup {
                             let _ = cgroup.kill_all();
                         }

@@ -101,6 +101,9 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     let (requests_tx, mut requests) = mpsc::channel::<Envelope>(256);
     let listener = tokio::net::TcpListener::bind(config.api.listen).await?;
     let address = listener.local_addr()?;
+    // Where `carapace chaos` (and operators' scripts) find this daemon.
+    let about = json!({ "url": format!("http://{address}"), "pid": std::process::id() });
+    std::fs::write(config.data_dir.join("serve.json"), about.to_string())?;
     // Tests and scripts wait for this line: the API answers from here on.
     println!("carapace serve: listening on http://{address}");
     let app = api::router(requests_tx, token);
