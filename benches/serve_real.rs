@@ -1,0 +1,2 @@
+//! Real-process benchmarks of `carapace serve` (work in progress).
+fn main() {}
