@@ -38,7 +38,12 @@ snapshot_interval_ms = 600000
 fn port_block() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let base = 30_000 + (std::process::id() % 50) as u16 * 400;
+    // Below 30,000: the OpenClaw tests take blocks of 120 ports from 30,000 up.
+    let base = 20_000 + (std::process::id() % 24) as u16 * 400;
+    assert!(
+        n < 10,
+        "each test process has ten blocks of 40 ports; add more"
+    );
     base + n * 40
 }
 
@@ -67,13 +72,18 @@ impl Served {
     /// A daemon whose API listens on `api_port`, with `pods` as its `[pods]` table and
     /// `policy` for its `[policy.*]` tables.
     pub(crate) fn start_with(scratch: &Scratch, api_port: u16, pods: &str, policy: &str) -> Served {
+        Served::start_full(scratch, api_port, "", pods, policy)
+    }
+
+    /// As [`start_with`](Self::start_with), with more lines for the `[api]` table.
+    fn start_full(scratch: &Scratch, api_port: u16, api: &str, pods: &str, policy: &str) -> Served {
         let ports = api_port;
         let cgroup_parent = format!("carapace-serve-test-{}-{ports}", std::process::id());
         let config = scratch.file(
             "carapace.toml",
             &format!(
                 "data_dir = \"data\"\n\
-                 [api]\nlisten = \"127.0.0.1:{ports}\"\n\
+                 [api]\nlisten = \"127.0.0.1:{ports}\"\n{api}\n\
                  [node]\ncgroup_parent = \"{cgroup_parent}\"\n\
                  [pods]\n{pods}\n{policy}\n",
             ),
@@ -702,4 +712,134 @@ fn serve_refuses_a_bad_config_file_naming_the_field_and_a_public_address() {
         "a refused config creates nothing"
     );
     let _ = workspace();
+}
+
+#[test]
+fn an_agent_that_never_starts_is_parked_with_a_post_mortem_in_the_api_the_file_and_the_webhook() {
+    let scratch = Scratch::new("serve-alert");
+    let hook = std::net::TcpListener::bind("127.0.0.1:0").expect("a webhook listener");
+    let hook_port = hook.local_addr().expect("its address").port();
+    let (posted, received) = channel();
+    std::thread::spawn(move || {
+        for stream in hook.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut length = 0usize;
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let mut body = vec![0; length];
+            let _ = std::io::Read::read_exact(&mut reader, &mut body);
+            let mut stream = stream;
+            let _ = std::io::Write::write_all(&mut stream, b"HTTP/1.1 204 No Content\r\n\r\n");
+            let _ = posted.send(body);
+        }
+    });
+    let ports = port_block();
+    let pods = format!(
+        "port_base = {}\nport_stride = 1\nmax_pods = 30\n{TEST_PODS}",
+        ports + 1
+    );
+    let api = format!("alert_webhook = \"http://127.0.0.1:{hook_port}/alerts\"");
+    let served = Served::start_full(&scratch, ports, &api, &pods, TEST_POLICY);
+    let body = served.agent_body(
+        "doomed",
+        json!({"command": ["sh", "-c", "exit 3"], "validate": null}),
+    );
+    served.api("POST", "/v1/agents", Some(&body));
+    let view = served.wait_agent("doomed", Duration::from_secs(60), "parked", |v| {
+        v["status"] == "parked"
+    });
+    assert_eq!(view["rung"], "alert", "{view}");
+    let alerts = served.api("GET", "/v1/alerts", None);
+    let post_mortem = &alerts["alerts"][0];
+    assert_eq!(post_mortem["agent"], view["id"], "{alerts}");
+    assert!(
+        post_mortem["timeline"].to_string().contains("exited"),
+        "the post-mortem tells the story: {post_mortem}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let file = served.data_dir().join("alerts.jsonl");
+    while !file.exists() {
+        assert!(Instant::now() < deadline, "no alerts file");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let line = std::fs::read_to_string(&file).expect("the alerts file");
+    let written: Value = serde_json::from_str(line.lines().next().expect("a line")).expect("JSON");
+    assert_eq!(&written, post_mortem);
+    let body = received
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the webhook got the post-mortem");
+    let hooked: Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(&hooked, post_mortem);
+}
+
+#[test]
+fn a_daemon_killed_right_after_each_kind_of_change_loses_and_duplicates_nothing() {
+    let scratch = Scratch::new("serve-midcommand");
+    let mut served = Served::start(&scratch);
+    // Killed right after a create: the start is journaled; its pod may or may not exist yet.
+    for name in ["m1", "m2", "m3"] {
+        served.api(
+            "POST",
+            "/v1/agents",
+            Some(&served.agent_body(name, json!({}))),
+        );
+        served.kill_daemon();
+        served.launch();
+    }
+    for name in ["m1", "m2", "m3"] {
+        served.wait_running(name, 1);
+    }
+    assert_eq!(served.agent_processes().len(), 3);
+
+    // Killed right after a delete: the stop is in flight.
+    served.api("DELETE", "/v1/agents/m2", None);
+    served.kill_daemon();
+    served.launch();
+    let (status, _) = served.request("GET", "/v1/agents/m2", None, None);
+    assert_eq!(status, 404, "a removed agent stays removed");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while served.agent_processes().len() != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "m2's pod was not stopped after the restart"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Killed right after a config change: stop and restart at the new version in flight.
+    let mut changed = served.agent_body("m3", json!({}));
+    changed["config"]["greeting"] = json!("v2");
+    served.api("PUT", "/v1/agents/m3", Some(&changed));
+    served.kill_daemon();
+    served.launch();
+    let view = served.wait_agent("m3", Duration::from_secs(60), "running v2", |v| {
+        v["status"] == "running" && v["running_version"]["config"] == 2
+    });
+    assert_eq!(
+        served.agent_call("m3", "GET", "/state")["greeting"],
+        "v2",
+        "{view}"
+    );
+    served.wait_running("m1", 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while served.agent_processes().len() != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "two agents, two processes: {:?}",
+            served.agent_processes()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let metrics = served.request("GET", "/metrics", None, None).1;
+    assert!(
+        metrics
+            .as_str()
+            .is_some_and(|m| m.contains("carapace_journal_replay_divergences 0")),
+        "{metrics}"
+    );
 }

@@ -43,6 +43,11 @@ pub async fn run_pod(
         dir: dir.root().display().to_string(),
         source,
     };
+    // One supervisor per pod, ever at once: a daemon that restarts between launching a pod
+    // and seeing its supervisor's pid may launch it again, and the second must step aside.
+    let Some(_ownership) = own(&dir).map_err(io)? else {
+        return Ok(Outcome::Stopped);
+    };
     if let Some(cgroup) = &spec.cgroup {
         // Joined before the agent exists, so everything the agent spawns inherits the limit.
         std::fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string()).map_err(io)?;
@@ -76,6 +81,21 @@ pub async fn run_pod(
     accept.abort();
     let _ = std::fs::remove_file(dir.socket());
     Ok(outcome)
+}
+
+/// Takes the pod's lock for as long as the returned guard lives; `None` when another
+/// supervisor holds it.
+fn own(dir: &PodDir) -> std::io::Result<Option<nix::fcntl::Flock<std::fs::File>>> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.root().join("supervise.lock"))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(guard) => Ok(Some(guard)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, errno)) => Err(std::io::Error::from(errno)),
+    }
 }
 
 /// After an escalation: the agent is down; answer on the socket until a stop (or a signal).

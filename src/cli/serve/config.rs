@@ -32,6 +32,9 @@ pub struct ApiConfig {
     pub token_file: PathBuf,
     /// Post-mortems are appended here as JSON lines. Relative to data_dir.
     pub alerts_file: PathBuf,
+    /// Each post-mortem is also POSTed here as JSON (`http://` only; the URL is never logged,
+    /// as it often carries a secret).
+    pub alert_webhook: Option<String>,
 }
 
 impl Default for ApiConfig {
@@ -40,6 +43,7 @@ impl Default for ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
             token_file: PathBuf::from("token"),
             alerts_file: PathBuf::from("alerts.jsonl"),
+            alert_webhook: None,
         }
     }
 }
@@ -135,6 +139,14 @@ pub fn load(path: &Path) -> Result<ServeConfig, String> {
     if last_port > u32::from(u16::MAX) {
         return Err(format!(
             "{}: field `pods`: port_base + port_stride × max_pods ({last_port}) passes 65535",
+            path.display()
+        ));
+    }
+    if let Some(url) = &config.api.alert_webhook
+        && !url.starts_with("http://")
+    {
+        return Err(format!(
+            "{}: field `api.alert_webhook`: must be an http:// URL",
             path.display()
         ));
     }

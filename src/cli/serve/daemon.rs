@@ -253,6 +253,11 @@ impl Daemon {
 
     /// After a restart: redo unfinished commands, reattach to running pods, discard the rest.
     pub fn reconcile(&mut self) -> anyhow::Result<()> {
+        // Every pod on disk holds its ports until it is gone: claimed before any start is
+        // redone, so a redone start cannot be handed a port a running pod still listens on.
+        for (agent, instance) in self.driver.pods_on_disk() {
+            self.driver.adopt_port(agent, instance);
+        }
         let redo: Vec<Command> = self.in_flight.values().cloned().collect();
         let mut touched = std::collections::BTreeSet::new();
         for command in redo {
@@ -482,12 +487,19 @@ impl Daemon {
     }
 
     fn note_finished(&mut self, input: &Input) {
-        if let Input::FinishCommand { command, .. } = input
-            && let Some(Command::Start {
+        let Input::FinishCommand { command, .. } = input else {
+            return;
+        };
+        match self.in_flight.remove(command) {
+            Some(Command::Start {
                 agent, instance, ..
-            }) = self.in_flight.remove(command)
-        {
-            self.pending_starts.remove(&(agent, instance));
+            }) => {
+                self.pending_starts.remove(&(agent, instance));
+            }
+            Some(Command::Stop {
+                agent, instance, ..
+            }) => self.driver.release_port(agent, instance),
+            _ => {}
         }
     }
 

@@ -331,7 +331,7 @@ impl ProcessDriver {
         let cgroup = self.cgroup_of(agent, instance);
         let reports = self.reports.clone();
         let grace = self.settings.grace;
-        self.ports.remove(&(agent, instance));
+        // The port stays the pod's until the stop has finished: see `release_port`.
         tokio::spawn(async move {
             if dir.root().exists() {
                 let client = PodClient::new(dir.clone());
@@ -434,6 +434,11 @@ impl ProcessDriver {
             }
             let _ = std::fs::remove_dir_all(dir.root());
         });
+    }
+
+    /// Frees a stopped pod's port slot for the next pod.
+    pub fn release_port(&mut self, agent: AgentId, instance: Instance) {
+        self.ports.remove(&(agent, instance));
     }
 
     /// Claims the port slot a pod on disk already holds (after a restart of the daemon).

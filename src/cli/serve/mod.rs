@@ -113,6 +113,7 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         }
     });
     let alerts_file = config.api.alerts_file.clone();
+    let webhook = config.api.alert_webhook.clone();
     let mut alerts_written = daemon.alerts.len();
     let shutdown = shutdown_signal()?;
     tokio::pin!(shutdown);
@@ -133,7 +134,7 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
                 }
             }
         }
-        alerts_written = write_alerts(&daemon, &alerts_file, alerts_written);
+        alerts_written = write_alerts(&daemon, &alerts_file, webhook.as_deref(), alerts_written);
     }
     // Pods keep running without the daemon: rung 1 is theirs, and a restarted daemon
     // reattaches to them.
@@ -306,8 +307,9 @@ fn metrics(daemon: &Daemon) -> String {
     text
 }
 
-/// Appends post-mortems raised since the last call to the alerts file, as JSON lines.
-fn write_alerts(daemon: &Daemon, path: &Path, written: usize) -> usize {
+/// Appends post-mortems raised since the last call to the alerts file, as JSON lines, and
+/// posts each to the webhook when one is set.
+fn write_alerts(daemon: &Daemon, path: &Path, webhook: Option<&str>, written: usize) -> usize {
     use std::io::Write as _;
     if daemon.alerts.len() <= written {
         return daemon.alerts.len();
@@ -321,12 +323,39 @@ fn write_alerts(daemon: &Daemon, path: &Path, written: usize) -> usize {
         return written;
     };
     for post_mortem in daemon.alerts.iter().skip(written) {
-        if let Ok(mut line) = serde_json::to_vec(post_mortem) {
-            line.push(b'\n');
-            let _ = file.write_all(&line);
+        let Ok(line) = serde_json::to_vec(post_mortem) else {
+            continue;
+        };
+        let _ = file.write_all(&line);
+        let _ = file.write_all(b"\n");
+        if let Some(url) = webhook {
+            post_alert(url.to_owned(), line);
         }
     }
     daemon.alerts.len()
+}
+
+/// One attempt, off the daemon's loop, bounded by a timeout; failures are logged without
+/// the URL.
+fn post_alert(url: String, body: Vec<u8>) {
+    std::thread::spawn(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        let sent = agent
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .send(&body[..]);
+        // The error's text may hold the URL, and with it a secret: only its kind is logged.
+        match sent {
+            Ok(_) => {}
+            Err(ureq::Error::StatusCode(status)) => {
+                tracing::error!(status, "the alert webhook refused a post-mortem");
+            }
+            Err(_) => tracing::error!("the alert webhook could not be reached"),
+        }
+    });
 }
 
 /// The token clients present; made (mode 0600) on first start.
