@@ -12,6 +12,9 @@ mod common;
 mod explore;
 #[path = "cli/help.rs"]
 mod help;
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)]
+#[path = "cli/replay.rs"]
+mod replay;
 #[path = "cli/schema.rs"]
 mod schema;
 #[path = "cli/sim.rs"]

@@ -3,6 +3,8 @@
 mod chaos;
 mod explore;
 mod gate;
+mod journal;
+mod replay;
 mod runner;
 mod schema;
 mod serve;
@@ -52,6 +54,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Inject a real fault into an agent of a running `serve` and measure its recovery.
     Chaos(chaos::ChaosArgs),
+    /// Re-run the engine on a journal `serve` recorded; exit 1 on the first divergence.
+    Replay(replay::ReplayArgs),
     /// Print the JSON Schema of scenario files.
     Schema,
 }
@@ -68,6 +72,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Snapshot(args) => snapshot::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Chaos(args) => chaos::run(args),
+        Command::Replay(args) => replay::run(args),
         Command::Schema => schema::run(),
     }
 }

@@ -270,7 +270,7 @@ impl Served {
     }
 
     /// The agent's own HTTP API, as a client of the agent would use it.
-    fn agent_call(&self, name: &str, method: &str, path: &str) -> Value {
+    pub(crate) fn agent_call(&self, name: &str, method: &str, path: &str) -> Value {
         call_port(self.port_of(name), method, path)
     }
 

@@ -9,6 +9,7 @@
 
 use super::agents::{AgentRecord, AgentRequest, RUNTIME, next_version};
 use super::driver::{ProcessDriver, Report};
+use crate::cli::journal::{Replayer, Step, for_each_record, recorded_policy};
 use carapace_drivers::supervise::Event;
 use carapace_engine::{
     AgentId, AgentStatus, Command, CommandId, Controller, EngineConfig, EngineError, Input,
@@ -27,8 +28,6 @@ const CURSORS: &str = "cursor";
 /// Bounds on what the daemon keeps in memory for the API.
 const MAX_ALERTS: usize = 1_000;
 const MAX_EVENTS: usize = 10_000;
-/// Journal records read per page while replaying.
-const REPLAY_PAGE: usize = 4_096;
 
 /// How far the daemon has read one pod's events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,10 +126,7 @@ impl Daemon {
         node_memory_bytes: u64,
         driver: ProcessDriver,
     ) -> anyhow::Result<Daemon> {
-        let recorded: Option<EngineConfig> = store
-            .meta("policy")?
-            .map(|bytes| serde_json::from_slice(&bytes))
-            .transpose()?;
+        let recorded = recorded_policy(&store)?;
         if let Some(recorded) = &recorded
             && recorded != &policy
         {
@@ -198,49 +194,32 @@ impl Daemon {
     /// Rebuilds the engine from the journal, checking each recorded command against the one
     /// the engine issues now.
     fn replay(&mut self) -> anyhow::Result<()> {
-        let mut next = 1;
-        let mut issued: VecDeque<Command> = VecDeque::new();
-        loop {
-            let page = self.store.read_journal(next, REPLAY_PAGE)?;
-            let count = page.records.len();
-            for (seq, record) in page.records {
-                next = seq + 1;
-                self.replayed.records += 1;
-                match record.entry {
-                    JournalEntry::Input(input) => {
-                        self.note_finished(&input);
-                        // Only accepted inputs are journaled; a refusal now is a divergence.
-                        if self.controller.handle(record.at, input).is_err() {
-                            self.replayed.divergences += 1;
-                        }
-                        issued.extend(std::iter::from_fn(|| self.controller.poll_command()));
-                    }
-                    JournalEntry::Timeout => {
-                        if self.controller.handle_timeout(record.at).is_err() {
-                            self.replayed.divergences += 1;
-                        }
-                        issued.extend(std::iter::from_fn(|| self.controller.poll_command()));
-                    }
-                    JournalEntry::Command(command) => {
-                        if issued.pop_front().as_ref() != Some(&command) {
-                            self.replayed.divergences += 1;
-                        }
-                        self.note_issued(record.at, &command);
-                    }
-                    _ => self.replayed.divergences += 1,
+        let mut replayer = Replayer::new(self.controller.config().clone())?;
+        let mut steps = Vec::new();
+        let dropped = for_each_record(&self.store, |_, record| {
+            let step = replayer.step(&record);
+            steps.push((record, step));
+            // Bookkeeping happens after, outside the borrow of the store.
+            true
+        })?;
+        for (record, step) in steps {
+            self.replayed.records += 1;
+            if let JournalEntry::Input(input) = &record.entry {
+                self.note_finished(input);
+            }
+            match step {
+                Step::Applied => {}
+                Step::Matched(command) => self.note_issued(record.at, &command),
+                Step::Diverged { recorded, .. } => {
+                    self.replayed.divergences += 1;
+                    self.note_issued(record.at, &recorded);
                 }
-            }
-            if let Some(dropped) = page.dropped {
-                self.replayed.dropped = Some(format!(
-                    "journal record {} and after: {}",
-                    dropped.seq, dropped.reason
-                ));
-                break;
-            }
-            if count < REPLAY_PAGE {
-                break;
+                Step::Refused(_) | Step::Unknown => self.replayed.divergences += 1,
             }
         }
+        self.replayed.divergences += replayer.unrecorded() as u64;
+        self.replayed.dropped = dropped;
+        self.controller = replayer.controller;
         self.journal_records = self.replayed.records;
         if self.replayed.divergences > 0 {
             tracing::error!(

@@ -1,0 +1,129 @@
+//! Replaying a journal through a fresh engine: what `carapace serve` does at every start, and
+//! what `carapace replay` does on demand.
+//!
+//! A journal holds every accepted input, every timer firing and every command, in order. The
+//! engine is deterministic, so feeding the inputs and firings again must issue the recorded
+//! commands again, one for one. Where it does not, the journal was written by different
+//! logic (another release, another policy) — and the first difference is what a user needs.
+
+use carapace_engine::{Command, Controller, EngineConfig, EngineError};
+use carapace_store::{JournalEntry, JournalRecord, Store};
+use std::collections::VecDeque;
+
+/// Journal records read per page.
+pub const PAGE: usize = 4_096;
+
+/// What one journal record did on replay.
+#[derive(Debug)]
+pub enum Step {
+    /// An input or a timer firing, taken.
+    Applied,
+    /// An input the engine refused; the journal holds only accepted ones.
+    Refused(EngineError),
+    /// A recorded command the engine issued again.
+    Matched(Command),
+    /// A recorded command the engine did not issue (it issued `replayed` instead, or none).
+    Diverged {
+        recorded: Command,
+        replayed: Option<Command>,
+    },
+    /// A record this release does not know.
+    Unknown,
+}
+
+/// A fresh engine fed a journal, record by record.
+#[derive(Debug)]
+pub struct Replayer {
+    pub controller: Controller,
+    issued: VecDeque<Command>,
+}
+
+impl Replayer {
+    pub fn new(policy: EngineConfig) -> Result<Replayer, carapace_engine::ConfigError> {
+        Ok(Replayer {
+            controller: Controller::new(policy)?,
+            issued: VecDeque::new(),
+        })
+    }
+
+    pub fn step(&mut self, record: &JournalRecord) -> Step {
+        match &record.entry {
+            JournalEntry::Input(input) => {
+                let result = self.controller.handle(record.at, input.clone());
+                self.drain();
+                match result {
+                    Ok(()) => Step::Applied,
+                    Err(error) => Step::Refused(error),
+                }
+            }
+            JournalEntry::Timeout => {
+                let result = self.controller.handle_timeout(record.at);
+                self.drain();
+                match result {
+                    Ok(()) => Step::Applied,
+                    Err(error) => Step::Refused(error),
+                }
+            }
+            JournalEntry::Command(recorded) => match self.issued.pop_front() {
+                Some(replayed) if &replayed == recorded => Step::Matched(replayed),
+                replayed => Step::Diverged {
+                    recorded: recorded.clone(),
+                    replayed,
+                },
+            },
+            _ => Step::Unknown,
+        }
+    }
+
+    /// Commands the engine issued that the journal does not hold (after the last record).
+    pub fn unrecorded(&self) -> usize {
+        self.issued.len()
+    }
+
+    /// The commands issued and not compared with a record yet, taken.
+    pub fn take_issued(&mut self) -> Vec<Command> {
+        self.issued.drain(..).collect()
+    }
+
+    fn drain(&mut self) {
+        while let Some(command) = self.controller.poll_command() {
+            self.issued.push_back(command);
+        }
+    }
+}
+
+/// The policy a store's journal was recorded under, if it holds one.
+pub fn recorded_policy(store: &Store) -> anyhow::Result<Option<EngineConfig>> {
+    Ok(store
+        .meta("policy")?
+        .map(|bytes| serde_json::from_slice(&bytes))
+        .transpose()?)
+}
+
+/// Every record of the journal from `seq` 1, page by page, until `visit` returns false; the
+/// reason a read stopped early, if it did.
+pub fn for_each_record(
+    store: &Store,
+    mut visit: impl FnMut(u64, JournalRecord) -> bool,
+) -> anyhow::Result<Option<String>> {
+    let mut next = 1;
+    loop {
+        let page = store.read_journal(next, PAGE)?;
+        let count = page.records.len();
+        for (seq, record) in page.records {
+            next = seq + 1;
+            if !visit(seq, record) {
+                return Ok(None);
+            }
+        }
+        if let Some(dropped) = page.dropped {
+            return Ok(Some(format!(
+                "journal record {} and after: {}",
+                dropped.seq, dropped.reason
+            )));
+        }
+        if count < PAGE {
+            return Ok(None);
+        }
+    }
+}
