@@ -761,6 +761,13 @@ fn an_agent_that_never_starts_is_parked_with_a_post_mortem_in_the_api_the_file_a
         post_mortem["timeline"].to_string().contains("exited"),
         "the post-mortem tells the story: {post_mortem}"
     );
+    let replay = post_mortem["replay_command"]
+        .as_str()
+        .expect("a replay command");
+    assert!(
+        replay.starts_with("carapace replay ") && replay.contains("carapace.redb --until "),
+        "{replay}"
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     let file = served.data_dir().join("alerts.jsonl");
     while !file.exists() {

@@ -369,6 +369,11 @@ impl Daemon {
         Ok(())
     }
 
+    /// The store file, as `carapace replay` takes it.
+    pub fn store_path(&self) -> &std::path::Path {
+        self.store.path()
+    }
+
     pub fn id_of(&self, name: &str) -> Result<AgentId, ApiError> {
         self.names
             .get(name)

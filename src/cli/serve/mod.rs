@@ -172,7 +172,14 @@ fn answer(daemon: &mut Daemon, request: Request) -> api::Answer {
             let events: Vec<_> = daemon.feed.iter().filter(|e| e.seq > after).collect();
             Ok(json!({ "now_ms": daemon.clock.now().0, "events": events }))
         }
-        Request::Alerts => Ok(json!({ "alerts": daemon.alerts })),
+        Request::Alerts => {
+            let alerts: Vec<Value> = daemon
+                .alerts
+                .iter()
+                .map(|pm| alert_view(daemon, pm))
+                .collect();
+            Ok(json!({ "alerts": alerts }))
+        }
         Request::Nodes => {
             let node = daemon
                 .controller
@@ -215,6 +222,18 @@ fn agent_view(daemon: &Daemon, id: carapace_engine::AgentId) -> Value {
         }
     }
     view["now_ms"] = json!(daemon.clock.now().0);
+    view
+}
+
+/// A post-mortem as operators get it: with the command that replays the journal up to the
+/// alert, so the incident can be reproduced and its decisions checked.
+fn alert_view(daemon: &Daemon, post_mortem: &carapace_engine::PostMortem) -> Value {
+    let mut view = json!(post_mortem);
+    view["replay_command"] = json!(format!(
+        "carapace replay {} --until {}",
+        daemon.store_path().display(),
+        post_mortem.at.0
+    ));
     view
 }
 
@@ -323,7 +342,7 @@ fn write_alerts(daemon: &Daemon, path: &Path, webhook: Option<&str>, written: us
         return written;
     };
     for post_mortem in daemon.alerts.iter().skip(written) {
-        let Ok(line) = serde_json::to_vec(post_mortem) else {
+        let Ok(line) = serde_json::to_vec(&alert_view(daemon, post_mortem)) else {
             continue;
         };
         let _ = file.write_all(&line);
