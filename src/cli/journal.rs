@@ -127,3 +127,18 @@ pub fn for_each_record(
         }
     }
 }
+
+/// A command's kind, as the event feed and replay reports name it.
+pub fn command_kind(command: &Command) -> &'static str {
+    match command {
+        Command::Start { .. } => "start",
+        Command::Stop { .. } => "stop",
+        Command::TakeSnapshot { .. } => "snapshot",
+        Command::Throttle { .. } => "throttle",
+        Command::Alert(_) => "alert",
+        Command::WarmUp { .. } => "warm_up",
+        Command::ReportRollout { .. } => "rollout",
+        Command::Reject { .. } => "reject",
+        _ => "other",
+    }
+}

@@ -8,7 +8,7 @@
 //! The journal's observations stop applying once the two part ways (an instance the changed
 //! engine never started cannot report), so inputs it refuses are counted, not hidden.
 
-use super::journal::{Replayer, Step, for_each_record, recorded_policy};
+use super::journal::{Replayer, Step, command_kind, for_each_record, recorded_policy};
 use super::{EXIT_BAD_INPUT, EXIT_FAILED};
 use carapace_engine::{Command, EngineConfig, Millis};
 use carapace_store::{JournalEntry, JournalRecord, Store};
@@ -177,10 +177,10 @@ fn what_if(
         let issued_before = drain(&mut before);
         let issued_after = drain(&mut after);
         for command in &issued_before {
-            *before_kinds.entry(kind(command)).or_default() += 1;
+            *before_kinds.entry(command_kind(command)).or_default() += 1;
         }
         for command in &issued_after {
-            *after_kinds.entry(kind(command)).or_default() += 1;
+            *after_kinds.entry(command_kind(command)).or_default() += 1;
         }
         if first_difference.is_none() && issued_before != issued_after {
             first_difference = Some(json!({
@@ -227,20 +227,6 @@ fn what_if(
 /// compared, so all of them.
 fn drain(replayer: &mut Replayer) -> Vec<Command> {
     replayer.take_issued()
-}
-
-fn kind(command: &Command) -> &'static str {
-    match command {
-        Command::Start { .. } => "start",
-        Command::Stop { .. } => "stop",
-        Command::TakeSnapshot { .. } => "snapshot",
-        Command::Throttle { .. } => "throttle",
-        Command::Alert(_) => "alert",
-        Command::WarmUp { .. } => "warm_up",
-        Command::ReportRollout { .. } => "rollout",
-        Command::Reject { .. } => "reject",
-        _ => "other",
-    }
 }
 
 /// The policy with `path=value` changes applied, each checked by the engine's own parser.

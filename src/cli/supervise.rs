@@ -109,7 +109,7 @@ pub fn run(args: SuperviseArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let outcome = runtime.block_on(async {
-        let shutdown = shutdown_signal()?;
+        let shutdown = super::shutdown_signal()?;
         let (control, requests) = tokio::sync::mpsc::channel(1);
         tokio::spawn(async move {
             shutdown.await;
@@ -136,22 +136,11 @@ fn run_pod_dir(dir: PodDir) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let outcome = runtime.block_on(async {
-        let shutdown = shutdown_signal()?;
+        let shutdown = super::shutdown_signal()?;
         anyhow::Ok(run_pod(dir, shutdown).await?)
     })?;
     Ok(match outcome {
         Outcome::Stopped => ExitCode::SUCCESS,
         Outcome::Escalated(_) => ExitCode::from(EXIT_ESCALATED),
-    })
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    Ok(async move {
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
     })
 }

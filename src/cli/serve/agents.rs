@@ -206,3 +206,109 @@ pub fn next_version(old: &AgentRecord, new: &AgentRequest) -> Version {
         Version::new(RUNTIME, old.version.config + 1)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn valid() -> serde_json::Value {
+        serde_json::json!({
+            "name": "a-1", "memory_limit": "1GiB", "command": ["agent", "--port", "{port}"],
+            "probe": "http://127.0.0.1:{port}/readyz", "env": {"KEY": "secret-value"},
+        })
+    }
+
+    #[test]
+    fn the_view_never_shows_environment_values() {
+        let request: AgentRequest = serde_json::from_value(valid()).expect("valid");
+        request.check().expect("valid");
+        let record = AgentRecord {
+            id: AgentId(3),
+            request,
+            version: Version::new(RUNTIME, 1),
+        };
+        let view = record.view().to_string();
+        assert!(
+            view.contains("KEY") && !view.contains("secret-value"),
+            "{view}"
+        );
+    }
+
+    #[test]
+    fn checks_name_the_field() {
+        for (field, value, named) in [
+            ("name", serde_json::json!("a/b"), "name"),
+            ("name", serde_json::json!(""), "name"),
+            ("command", serde_json::json!([]), "command"),
+            ("memory_limit", serde_json::json!(0), "memory_limit"),
+            (
+                "memory_request",
+                serde_json::json!("2GiB"),
+                "memory_request",
+            ),
+            ("probe", serde_json::json!(""), "probe"),
+            ("env", serde_json::json!({"A=B": "x"}), "env"),
+        ] {
+            let mut body = valid();
+            body[field] = value;
+            let request: AgentRequest = serde_json::from_value(body).expect("parses");
+            let error = request.check().expect_err(field);
+            assert!(error.starts_with(named), "{field}: {error}");
+        }
+    }
+
+    #[test]
+    fn placeholders_are_filled_in_once() {
+        let request: AgentRequest = serde_json::from_value(valid()).expect("valid");
+        let record = AgentRecord {
+            id: AgentId(7),
+            request,
+            version: Version::new(RUNTIME, 1),
+        };
+        let dir = PodDir::new("/pods/7/2");
+        let rendered = Rendered::new(&record, Instance(2), 28_800, &dir);
+        assert_eq!(rendered.text("{agent}/{instance}:{port}"), "7/2:28800");
+        assert_eq!(rendered.text("{state}"), "/pods/7/2/state");
+        let token = rendered.text("{token}");
+        assert_eq!(token.len(), 32);
+        assert_eq!(rendered.text("{token}"), token, "one token per instance");
+    }
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            "\\PC{0,12}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::btree_map("[a-z_]{1,14}", inner, 0..6)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_json_body_parses_and_checks_without_panicking(body in json_value()) {
+            if let Ok(request) = serde_json::from_value::<AgentRequest>(body) {
+                let _ = request.check();
+            }
+        }
+
+        #[test]
+        fn a_valid_body_with_one_field_replaced_never_panics(
+            field in prop::sample::select(vec!["name", "tenant", "memory_limit", "memory_request", "command", "env", "probe", "config", "validate", "priority"]),
+            value in json_value(),
+        ) {
+            let mut body = valid();
+            body[field] = value;
+            if let Ok(request) = serde_json::from_value::<AgentRequest>(body) {
+                let _ = request.check();
+            }
+        }
+    }
+}

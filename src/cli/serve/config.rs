@@ -179,3 +179,72 @@ fn located_inner(text: &str, error: &toml::de::Error) -> String {
         None => message,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn write(text: &str) -> (PathBuf, PathBuf) {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("carapace-config-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a scratch dir");
+        let path = dir.join("carapace.toml");
+        std::fs::write(&path, text).expect("write");
+        (dir, path)
+    }
+
+    #[test]
+    fn a_minimal_file_gets_loopback_and_paths_under_the_data_dir() {
+        let (dir, path) = write("data_dir = \"data\"\n");
+        let config = load(&path).expect("loads");
+        assert!(config.api.listen.ip().is_loopback());
+        assert_eq!(config.data_dir, dir.join("data"));
+        assert_eq!(config.api.token_file, dir.join("data/token"));
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn errors_name_the_file_the_line_and_the_field() {
+        let (dir, path) = write("data_dir = \"d\"\n[pods]\nprobe_interval = \"5 fortnights\"\n");
+        let error = load(&path).expect_err("a bad duration");
+        assert!(error.contains("carapace.toml"), "{error}");
+        assert!(error.contains("pods.probe_interval"), "{error}");
+        assert!(error.contains("line 3"), "{error}");
+        let (dir2, path) = write("data_dir = \"d\"\n[policy.recovery]\nknown_good_dwel_ms = 5\n");
+        let error = load(&path).expect_err("an unknown field");
+        assert!(error.contains("known_good_dwel_ms"), "{error}");
+        let (dir3, path) = write("data_dir = \"d\"\n[pods]\nport_base = 65000\nmax_pods = 100\n");
+        let error = load(&path).expect_err("ports past 65535");
+        assert!(error.contains("65535"), "{error}");
+        for dir in [dir, dir2, dir3] {
+            std::fs::remove_dir_all(dir).ok();
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_text_loads_or_is_refused_naming_the_file(text in "\\PC{0,200}") {
+            let (dir, path) = write(&text);
+            if let Err(error) = load(&path) {
+                prop_assert!(error.contains("carapace.toml"), "{}", error);
+            }
+            std::fs::remove_dir_all(dir).ok();
+        }
+
+        #[test]
+        fn mangled_valid_files_never_panic(
+            cut in 0usize..400,
+            junk in "[\\[\\]=\"a-z0-9._ \n]{0,20}",
+        ) {
+            let valid = "data_dir = \"d\"\n[api]\nlisten = \"127.0.0.1:7878\"\n[pods]\nport_base = 28800\nprobe_interval = \"1s\"\n[policy.recovery]\nknown_good_dwell_ms = 1000\n";
+            let cut = cut.min(valid.len());
+            let (dir, path) = write(&format!("{}{junk}", &valid[..cut]));
+            let _ = load(&path);
+            std::fs::remove_dir_all(dir).ok();
+        }
+    }
+}

@@ -9,7 +9,7 @@
 
 use super::agents::{AgentRecord, AgentRequest, RUNTIME, next_version};
 use super::driver::{ProcessDriver, Report};
-use crate::cli::journal::{Replayer, Step, for_each_record, recorded_policy};
+use crate::cli::journal::{Replayer, Step, command_kind, for_each_record, recorded_policy};
 use carapace_drivers::supervise::Event;
 use carapace_engine::{
     AgentId, AgentStatus, Command, CommandId, Controller, EngineConfig, EngineError, Input,
@@ -459,7 +459,7 @@ impl Daemon {
             at,
             command.agent(),
             FeedKind::Decision,
-            command_name(command),
+            command_kind(command),
             what,
         );
         if let Command::Alert(post_mortem) = command {
@@ -754,20 +754,6 @@ fn observation(event: &Event) -> Option<(&'static str, String)> {
         Event::SpawnFailed { error, .. } => ("spawn_failed", format!("could not spawn: {error}")),
         _ => return None,
     })
-}
-
-fn command_name(command: &Command) -> &'static str {
-    match command {
-        Command::Start { .. } => "start",
-        Command::Stop { .. } => "stop",
-        Command::TakeSnapshot { .. } => "snapshot",
-        Command::Throttle { .. } => "throttle",
-        Command::Alert(_) => "alert",
-        Command::WarmUp { .. } => "warm_up",
-        Command::ReportRollout { .. } => "rollout",
-        Command::Reject { .. } => "reject",
-        _ => "other",
-    }
 }
 
 /// A one-line account of a decision, for the event feed.

@@ -115,7 +115,7 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     let alerts_file = config.api.alerts_file.clone();
     let webhook = config.api.alert_webhook.clone();
     let mut alerts_written = daemon.alerts.len();
-    let shutdown = shutdown_signal()?;
+    let shutdown = crate::cli::shutdown_signal()?;
     tokio::pin!(shutdown);
     loop {
         let deadline = daemon
@@ -420,16 +420,6 @@ fn machine_memory_bytes() -> anyhow::Result<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .ok_or_else(|| anyhow::anyhow!("/proc/meminfo has no MemTotal"))?;
     Ok(kib * 1024)
-}
-
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    Ok(async move {
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    })
 }
 
 async fn sleep_until(deadline: Option<std::time::Instant>) {
