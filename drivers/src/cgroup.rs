@@ -304,6 +304,24 @@ pub struct PodCgroup {
 }
 
 impl PodCgroup {
+    /// The pod cgroup at `path`, its version told by its control files; `None` when `path`
+    /// is not a memory cgroup (a supervisor reopening the cgroup its spec names).
+    pub fn at(path: PathBuf) -> Option<PodCgroup> {
+        let version = if path.join("memory.limit_in_bytes").is_file() {
+            CgroupVersion::V1
+        } else if path.join("memory.max").is_file() {
+            CgroupVersion::V2
+        } else {
+            return None;
+        };
+        let name = path.file_name()?.to_str()?.to_owned();
+        Some(PodCgroup {
+            name,
+            path,
+            version,
+        })
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -92,6 +92,16 @@ pub(crate) fn signal_group(pid: u32, signal: Signal) {
     }
 }
 
+/// Whether `pid` is stopped (by a signal or a tracer), from `/proc/PID/stat`.
+pub fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        stat.rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+            .is_some_and(|state| state == 'T' || state == 't')
+    })
+}
+
 /// The exit code, or 128 + signal for a process killed by a signal (as shells report it).
 pub fn exit_code(status: ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;

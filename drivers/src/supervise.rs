@@ -37,6 +37,8 @@ pub struct SuperviseConfig {
     pub validate: Option<ProcessSpec>,
     /// The agent's state directory, for snapshots.
     pub state: Option<PathBuf>,
+    /// The pod's memory cgroup, whose usage is reported beside the process tree's.
+    pub cgroup: Option<crate::cgroup::PodCgroup>,
 }
 
 /// A request from whoever runs the supervisor (a signal handler, or a pod's control socket).
@@ -93,7 +95,12 @@ pub enum Event {
     Memory {
         at_ms: u64,
         pid: u32,
+        /// Resident memory of the agent's process tree, from /proc.
         rss_bytes: u64,
+        /// What the pod's memory cgroup charges (page cache included): what its limit and
+        /// the kernel's OOM killer judge by.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cgroup_bytes: Option<u64>,
     },
     Escalated {
         at_ms: u64,
@@ -226,7 +233,8 @@ pub async fn supervise(
                     // Report moves, not repeats: a quiet agent makes a quiet stream.
                     if rss.abs_diff(last_rss) * 20 > last_rss {
                         last_rss = rss;
-                        emit(Event::Memory { at_ms: clock.now().0, pid: r.process.pid(), rss_bytes: rss });
+                        let cgroup_bytes = config.cgroup.as_ref().and_then(|c| c.usage_bytes().ok());
+                        emit(Event::Memory { at_ms: clock.now().0, pid: r.process.pid(), rss_bytes: rss, cgroup_bytes });
                     }
                 }
             }
@@ -301,6 +309,9 @@ async fn snapshot(
         .ok_or("this supervisor has no state directory")?
         .to_owned();
     let store = store.to_owned();
+    // A process someone else stopped (an operator, a debugger, a hang being examined) stays
+    // stopped: the snapshot pauses only what it will resume.
+    let agent_pid = agent_pid.filter(|pid| !crate::process::is_stopped(*pid));
     if let Some(pid) = agent_pid {
         crate::process::signal_group(pid, nix::sys::signal::Signal::SIGSTOP);
     }

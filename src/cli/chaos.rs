@@ -150,6 +150,8 @@ fn one_round(
     daemon.wait(&args.agent, args.timeout, settled)?;
     std::thread::sleep(args.settle);
     let view = daemon.wait(&args.agent, args.timeout, settled)?;
+    // A snapshot pauses the agent and resumes it: a hang injected meanwhile would be undone.
+    daemon.wait_for_snapshots(&args.agent, SNAPSHOT_WAIT)?;
     let after = daemon.feed_tail()?;
     let injected_at = inject(args, &view)?;
     // A spike's victim is the kernel's choice: when it is the spiking process itself, the
@@ -171,7 +173,7 @@ fn one_round(
             }
             let at = Millis(event["at_ms"].as_u64().unwrap_or(0));
             let name = event["event"].as_str().unwrap_or("");
-            let failure = event["kind"] == "observation" && name != "ready" && name != "spawned";
+            let failure = event["kind"] == "observation" && FAILURES.contains(&name);
             if failure && !open {
                 measures.fault(agent, args.fault.fault(), injected_at);
                 open = true;
@@ -211,6 +213,19 @@ enum Round {
     /// The fault did not stop the agent (a spike whose victim was the spiking process).
     Absorbed,
 }
+
+/// Observations that show the agent stopped serving.
+const FAILURES: &[&str] = &[
+    "exited",
+    "probe_failed",
+    "escalated",
+    "config_rejected",
+    "spawn_failed",
+    "supervisor_lost",
+];
+
+/// How long to let a snapshot under way finish before injecting anyway.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(10);
 
 /// A spike that has not stopped the agent by then was absorbed by its pod.
 const SPIKE_WINDOW: Duration = Duration::from_secs(15);
@@ -427,6 +442,29 @@ impl Daemon {
             .and_then(|e| e.last())
             .and_then(|e| e["seq"].as_u64())
             .unwrap_or(0))
+    }
+
+    /// Waits (at most `within`) until every snapshot the engine asked of the agent was taken.
+    fn wait_for_snapshots(&self, name: &str, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let feed = self.events(0)?;
+            let mut pending = 0i64;
+            for event in feed["events"].as_array().into_iter().flatten() {
+                if event["agent"] != name {
+                    continue;
+                }
+                match event["event"].as_str() {
+                    Some("snapshot") => pending += 1,
+                    Some("snapshotted") => pending -= 1,
+                    _ => {}
+                }
+            }
+            if pending <= 0 || Instant::now() > deadline {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn wait(

@@ -103,6 +103,7 @@ pub fn run(args: SuperviseArgs) -> anyhow::Result<ExitCode> {
         policy,
         validate: None,
         state: None,
+        cgroup: None,
     };
     let grace = config.grace;
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -158,6 +158,10 @@ fn supervise_config(spec: &PodSpec, dir: &PodDir) -> Result<SuperviseConfig, Pod
         policy: spec.policy.clone(),
         validate,
         state: Some(dir.state()),
+        cgroup: spec
+            .cgroup
+            .as_ref()
+            .and_then(|path| crate::cgroup::PodCgroup::at(path.clone())),
     })
 }
 

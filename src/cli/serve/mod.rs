@@ -4,9 +4,14 @@
 
 mod agents;
 mod api;
+mod clock;
 mod config;
 mod daemon;
+mod desired;
 mod driver;
+mod feed;
+mod reports;
+mod restart;
 
 use super::EXIT_BAD_INPUT;
 use api::{Envelope, Request};

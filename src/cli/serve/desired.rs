@@ -1,0 +1,130 @@
+//! Desired state, from the API: each change checked, stored and fed to the engine in one
+//! step, or refused with nothing changed.
+
+use super::agents::{AgentRecord, AgentRequest, RUNTIME, next_version};
+use super::daemon::{AGENTS, ApiError, CONFIGS, Daemon, config_key};
+use carapace_engine::{AgentId, Input, Version};
+use carapace_store::Batch;
+
+impl Daemon {
+    // Desired state, from the API.
+
+    pub fn create(&mut self, request: AgentRequest) -> Result<AgentRecord, ApiError> {
+        request.check().map_err(ApiError::BadRequest)?;
+        if self.names.contains_key(&request.name) {
+            return Err(ApiError::Conflict(format!(
+                "an agent named `{}` exists",
+                request.name
+            )));
+        }
+        let id = self.next_agent_id();
+        let record = AgentRecord {
+            id,
+            version: Version::new(RUNTIME, 1),
+            request,
+        };
+        let mut batch = Batch::new();
+        batch.put_desired(AGENTS, u64::from(id.0), &record);
+        if let Some(text) = record.config_text() {
+            batch.put_desired(CONFIGS, config_key(id, record.version.config), &text);
+        }
+        batch.put_meta("next_agent", &(id.0 + 1).to_le_bytes());
+        // The start the engine decides runs within `apply`: it must find the agent.
+        let previous = self.remember(&record);
+        if let Err(error) = self.apply(Input::CreateAgent(record.spec()), batch) {
+            self.forget(&record, previous);
+            return Err(error.into());
+        }
+        Ok(record)
+    }
+
+    /// Puts a record into the in-memory desired state; returns what it replaced.
+    pub(super) fn remember(&mut self, record: &AgentRecord) -> Option<AgentRecord> {
+        if let Some(text) = record.config_text() {
+            self.configs
+                .insert((record.id, record.version.config), text);
+        }
+        self.names.insert(record.request.name.clone(), record.id);
+        self.agents.insert(record.id, record.clone())
+    }
+
+    /// Undoes [`remember`](Self::remember) after the engine refused the change.
+    pub(super) fn forget(&mut self, record: &AgentRecord, previous: Option<AgentRecord>) {
+        match previous {
+            Some(previous) => {
+                let stale = self
+                    .configs
+                    .contains_key(&(record.id, record.version.config))
+                    && previous.version.config != record.version.config;
+                if stale {
+                    self.configs.remove(&(record.id, record.version.config));
+                }
+                self.agents.insert(record.id, previous);
+            }
+            None => {
+                self.configs.remove(&(record.id, record.version.config));
+                self.names.remove(&record.request.name);
+                self.agents.remove(&record.id);
+            }
+        }
+    }
+
+    pub fn update(&mut self, name: &str, request: AgentRequest) -> Result<AgentRecord, ApiError> {
+        request.check().map_err(ApiError::BadRequest)?;
+        let id = self.id_of(name)?;
+        if request.name != name {
+            return Err(ApiError::BadRequest("name: cannot be changed".into()));
+        }
+        let old = &self.agents[&id];
+        let record = AgentRecord {
+            id,
+            version: next_version(old, &request),
+            request,
+        };
+        let mut batch = Batch::new();
+        batch.put_desired(AGENTS, u64::from(id.0), &record);
+        if let Some(text) = record.config_text() {
+            batch.put_desired(CONFIGS, config_key(id, record.version.config), &text);
+        }
+        let previous = self.remember(&record);
+        if let Err(error) = self.apply(Input::UpdateAgent(record.spec()), batch) {
+            self.forget(&record, previous);
+            return Err(error.into());
+        }
+        Ok(record)
+    }
+
+    pub fn remove(&mut self, name: &str) -> Result<(), ApiError> {
+        let id = self.id_of(name)?;
+        let mut batch = Batch::new();
+        batch.remove_desired(AGENTS, u64::from(id.0));
+        self.apply(Input::RemoveAgent { agent: id }, batch)
+            .map_err(ApiError::from)?;
+        self.names.remove(name);
+        self.agents.remove(&id);
+        Ok(())
+    }
+
+    /// The store file, as `carapace replay` takes it.
+    pub fn store_path(&self) -> &std::path::Path {
+        self.store.path()
+    }
+
+    pub fn id_of(&self, name: &str) -> Result<AgentId, ApiError> {
+        self.names
+            .get(name)
+            .copied()
+            .ok_or_else(|| ApiError::NotFound(format!("no agent named `{name}`")))
+    }
+
+    pub(super) fn next_agent_id(&self) -> AgentId {
+        let stored = self
+            .store
+            .meta("next_agent")
+            .ok()
+            .flatten()
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u32::from_le_bytes);
+        AgentId(stored)
+    }
+}
