@@ -35,6 +35,9 @@ pub struct SuperviseConfig {
     /// Run before every start; a non-zero exit means the config is broken and the agent is
     /// not started (the controller restores its known-good version: rung 3).
     pub validate: Option<ProcessSpec>,
+    /// The config file the validator checks: unchanged since it last passed (same blake3
+    /// content hash), it is not checked again.
+    pub config_file: Option<PathBuf>,
     /// The agent's state directory, for snapshots.
     pub state: Option<PathBuf>,
     /// The pod's memory cgroup, whose usage is reported beside the process tree's.
@@ -165,7 +168,9 @@ pub async fn supervise(
             instance: INSTANCE,
         },
     )?;
-    let mut running = match start(&config, &clock, 0, &mut emit).await {
+    // The fingerprint of the config file the validator last passed.
+    let mut validated = None;
+    let mut running = match start(&config, &clock, 0, &mut validated, &mut emit).await {
         Ok(started) => Some(started),
         Err(StartFailure::SpawnFailed) => {
             supervisor.handle(clock.now(), exited(127))?;
@@ -242,7 +247,7 @@ pub async fn supervise(
         while let Some(command) = supervisor.poll_command() {
             match command {
                 SupervisorCommand::Restart { attempt, .. } => {
-                    match start(&config, &clock, attempt, &mut emit).await {
+                    match start(&config, &clock, attempt, &mut validated, &mut emit).await {
                         Ok(started) => running = Some(started),
                         // Spawning failed: to the Supervisor that is an exit like any other.
                         Err(StartFailure::SpawnFailed) => {
@@ -394,9 +399,20 @@ async fn start(
     config: &SuperviseConfig,
     clock: &Clock,
     attempt: u32,
+    validated: &mut Option<blake3::Hash>,
     emit: &mut impl FnMut(Event),
 ) -> Result<Running, StartFailure> {
     if let Some(validator) = &config.validate {
+        // The config that passed last time passes again: a restart in place of a ~1 GB
+        // gateway should not wait ~2.5 s for `openclaw config validate` to say so.
+        let fingerprint = config
+            .config_file
+            .as_ref()
+            .and_then(|path| std::fs::read(path).ok())
+            .map(|bytes| blake3::hash(&bytes));
+        if fingerprint.is_some() && fingerprint == *validated {
+            return spawn(config, clock, attempt, emit).ok_or(StartFailure::SpawnFailed);
+        }
         let code = match AgentProcess::spawn(validator) {
             Ok(mut process) => match tokio::time::timeout(VALIDATE_TIMEOUT, process.wait()).await {
                 Ok(Ok(status)) => exit_code(status),
@@ -409,12 +425,14 @@ async fn start(
             Err(_) => 127,
         };
         if code != 0 {
+            *validated = None;
             emit(Event::ConfigRejected {
                 at_ms: clock.now().0,
                 code,
             });
             return Err(StartFailure::ConfigRejected);
         }
+        *validated = fingerprint;
     }
     spawn(config, clock, attempt, emit).ok_or(StartFailure::SpawnFailed)
 }

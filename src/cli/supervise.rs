@@ -102,6 +102,7 @@ pub fn run(args: SuperviseArgs) -> anyhow::Result<ExitCode> {
         grace: args.grace,
         policy,
         validate: None,
+        config_file: None,
         state: None,
         cgroup: None,
     };

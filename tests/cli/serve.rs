@@ -39,10 +39,10 @@ fn port_block() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     // Below 30,000: the OpenClaw tests take blocks of 120 ports from 30,000 up.
-    let base = 20_000 + (std::process::id() % 24) as u16 * 400;
+    let base = 20_000 + (std::process::id() % 12) as u16 * 800;
     assert!(
-        n < 10,
-        "each test process has ten blocks of 40 ports; add more"
+        n < 20,
+        "each test process has twenty blocks of 40 ports; add more"
     );
     base + n * 40
 }
@@ -77,8 +77,21 @@ impl Served {
 
     /// As [`start_with`](Self::start_with), with more lines for the `[api]` table.
     fn start_full(scratch: &Scratch, api_port: u16, api: &str, pods: &str, policy: &str) -> Served {
+        let parent = format!("carapace-serve-test-{}-{api_port}", std::process::id());
+        Served::start_in(scratch, api_port, api, pods, policy, &parent)
+    }
+
+    /// As [`start_full`](Self::start_full), with pods' cgroups under `cgroup_parent`.
+    fn start_in(
+        scratch: &Scratch,
+        api_port: u16,
+        api: &str,
+        pods: &str,
+        policy: &str,
+        cgroup_parent: &str,
+    ) -> Served {
         let ports = api_port;
-        let cgroup_parent = format!("carapace-serve-test-{}-{ports}", std::process::id());
+        let cgroup_parent = cgroup_parent.to_owned();
         let config = scratch.file(
             "carapace.toml",
             &format!(
@@ -291,6 +304,39 @@ impl Served {
         pids
     }
 
+    /// Supervisors and the agents they spawned, from the pod directories' pid file and event
+    /// logs: what runs for this daemon even where no cgroup holds it.
+    fn pod_dir_processes(&self) -> Vec<u32> {
+        let mut pids = Vec::new();
+        let Ok(agents) = std::fs::read_dir(self.data.join("pods")) else {
+            return pids;
+        };
+        for instance in agents
+            .flatten()
+            .filter_map(|a| std::fs::read_dir(a.path()).ok())
+            .flatten()
+            .flatten()
+        {
+            let dir = instance.path();
+            if let Some(pid) = std::fs::read_to_string(dir.join("supervise.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+            {
+                pids.push(pid);
+            }
+            let events = std::fs::read_to_string(dir.join("events.jsonl")).unwrap_or_default();
+            pids.extend(
+                events
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .filter(|e| e["event"]["event"] == "spawned")
+                    .filter_map(|e| e["event"]["pid"].as_u64().map(|p| p as u32)),
+            );
+        }
+        pids.retain(|pid| alive(*pid));
+        pids
+    }
+
     /// Agent processes (not supervisors) running for this daemon.
     fn agent_processes(&self) -> Vec<u32> {
         self.pod_processes()
@@ -321,6 +367,13 @@ impl Served {
 impl Drop for Served {
     fn drop(&mut self) {
         self.kill_daemon();
+        // Pods without cgroups (limits unenforced) are found through their directories.
+        for pid in self.pod_dir_processes() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         if let Ok(cgroups) = carapace_drivers::cgroup::MemoryCgroups::detect(&self.cgroup_parent) {
             for name in cgroups.list() {
                 if let Some(cgroup) = cgroups.open(&name) {
@@ -847,6 +900,32 @@ fn a_daemon_killed_right_after_each_kind_of_change_loses_and_duplicates_nothing(
         metrics
             .as_str()
             .is_some_and(|m| m.contains("carapace_journal_replay_divergences 0")),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn without_a_writable_cgroup_serve_runs_agents_and_says_limits_are_not_enforced() {
+    let scratch = Scratch::new("serve-unenforced");
+    let ports = port_block();
+    let pods = format!(
+        "port_base = {}\nport_stride = 1\nmax_pods = 30\n{TEST_PODS}",
+        ports + 1
+    );
+    // A parent no cgroup can be made under: stands in for a machine without writable cgroups.
+    let served = Served::start_in(&scratch, ports, "", &pods, TEST_POLICY, "no/such/../parent");
+    served.api(
+        "POST",
+        "/v1/agents",
+        Some(&served.agent_body("free", json!({}))),
+    );
+    let view = served.wait_running("free", 1);
+    assert!(served.pod_dir(&view).join("pod.json").exists());
+    let metrics = served.request("GET", "/metrics", None, None).1;
+    assert!(
+        metrics
+            .as_str()
+            .is_some_and(|m| m.contains("carapace_memory_limits_enforced 0")),
         "{metrics}"
     );
 }

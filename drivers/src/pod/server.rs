@@ -157,6 +157,7 @@ fn supervise_config(spec: &PodSpec, dir: &PodDir) -> Result<SuperviseConfig, Pod
         grace: Duration::from_millis(spec.grace_ms),
         policy: spec.policy.clone(),
         validate,
+        config_file: Some(dir.config()),
         state: Some(dir.state()),
         cgroup: spec
             .cgroup

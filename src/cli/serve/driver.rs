@@ -231,8 +231,7 @@ impl ProcessDriver {
             .create(true)
             .append(true)
             .open(dir.supervisor_log())?;
-        use std::os::unix::process::CommandExt as _;
-        let mut command = std::process::Command::new(&self.supervise_exe);
+        let mut command = tokio::process::Command::new(&self.supervise_exe);
         command
             .arg("supervise")
             .arg("--pod")
@@ -240,13 +239,14 @@ impl ProcessDriver {
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
-            .process_group(0);
-        let child = command.spawn()?;
-        // Reaped by a thread of its own: the daemon does not wait on pods, their sockets
-        // say how they are.
-        std::thread::spawn(move || {
-            let mut child = child;
-            let _ = child.wait();
+            // Its own group and no kill on drop: the pod outlives the daemon.
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = command.spawn()?;
+        // Reaped by the runtime, not by a thread per pod: the daemon does not wait on pods,
+        // their sockets say how they are.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
         });
         Ok(())
     }
@@ -259,6 +259,7 @@ impl ProcessDriver {
         tokio::spawn(async move {
             let mut after = after;
             let mut unreachable_since: Option<tokio::time::Instant> = None;
+            let mut retry = Duration::from_millis(2);
             loop {
                 let (events, mut received) = mpsc::channel::<Numbered>(64);
                 let forward = {
@@ -288,6 +289,7 @@ impl ProcessDriver {
                 if let Some(last) = last {
                     after = last;
                     unreachable_since = None;
+                    retry = Duration::from_millis(2);
                 }
                 if done {
                     return;
@@ -313,7 +315,10 @@ impl ProcessDriver {
                         return;
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // A new pod opens its socket within milliseconds: look again soon, then less
+                // often.
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(Duration::from_millis(50));
             }
         });
     }
