@@ -53,6 +53,9 @@ pub struct ChaosArgs {
     /// Where to write incidents.csv, metrics.json and summary.md.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// The daemon's config, to start it again after `kill-daemon`.
+    #[arg(long)]
+    restart_with: Option<PathBuf>,
     /// A recovery slower than this fails the run (exit 1).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     recovery_slo: Duration,
@@ -71,12 +74,15 @@ enum FaultKind {
     Spike,
     /// kill -9 the pod's supervisor.
     KillSupervisor,
+    /// kill -9 the pod's supervisor, then kill -9 the daemon as soon as it decides what to do
+    /// about it (mid-command), and start it again with `--restart-with`.
+    KillDaemon,
 }
 
 impl FaultKind {
     fn fault(self) -> Fault {
         match self {
-            FaultKind::Kill | FaultKind::KillSupervisor => Fault::Crash,
+            FaultKind::Kill | FaultKind::KillSupervisor | FaultKind::KillDaemon => Fault::Crash,
             FaultKind::Hang => Fault::Hang,
             FaultKind::TruncateConfig => Fault::ConfigCorruption,
             FaultKind::Spike => Fault::OomKilled,
@@ -154,16 +160,25 @@ fn one_round(
     daemon.wait_for_snapshots(&args.agent, SNAPSHOT_WAIT)?;
     let after = daemon.feed_tail()?;
     let injected_at = inject(args, &view)?;
+    let mut seen = after;
+
     // A spike's victim is the kernel's choice: when it is the spiking process itself, the
     // agent never stops serving and there is no incident. Every other fault stops it.
     let mut open = args.fault != FaultKind::Spike;
     if open {
         measures.fault(agent, args.fault.fault(), injected_at);
     }
+    let mut detected = false;
+    if args.fault == FaultKind::KillDaemon {
+        if let Some(at) = kill_daemon_mid_command(daemon, args, seen)? {
+            measures.observed(agent, at);
+            detected = true;
+        }
+        // The restarted daemon's feed starts afresh (its decisions replayed from the journal).
+        seen = 0;
+    }
     let deadline = Instant::now() + args.timeout;
     let absorbed_after = Instant::now() + SPIKE_WINDOW;
-    let mut seen = after;
-    let mut detected = false;
     loop {
         let feed = daemon.events(seen)?;
         for event in feed["events"].as_array().into_iter().flatten() {
@@ -250,7 +265,7 @@ fn inject(args: &ChaosArgs, view: &Value) -> anyhow::Result<Millis> {
     match args.fault {
         FaultKind::Kill => kill(pid("agent_pid")?, nix::sys::signal::Signal::SIGKILL)?,
         FaultKind::Hang => kill(pid("agent_pid")?, nix::sys::signal::Signal::SIGSTOP)?,
-        FaultKind::KillSupervisor => {
+        FaultKind::KillSupervisor | FaultKind::KillDaemon => {
             kill(pid("supervisor_pid")?, nix::sys::signal::Signal::SIGKILL)?
         }
         FaultKind::TruncateConfig => {
@@ -265,6 +280,73 @@ fn inject(args: &ChaosArgs, view: &Value) -> anyhow::Result<Millis> {
         FaultKind::Spike => spike(&dir, args.spike_bytes)?,
     }
     Ok(Millis(now_ms + read_at.elapsed().as_millis() as u64))
+}
+
+/// Kills the daemon with SIGKILL at its first decision about the agent after `after` (a
+/// command journaled and under way), then starts it again and waits for its API. Returns when
+/// the daemon had observed the fault, if it had.
+fn kill_daemon_mid_command(
+    daemon: &Daemon,
+    args: &ChaosArgs,
+    after: u64,
+) -> anyhow::Result<Option<Millis>> {
+    let config = args
+        .restart_with
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("--fault kill-daemon needs --restart-with CONFIG"))?;
+    let deadline = Instant::now() + args.timeout;
+    let mut observed = None;
+    'decided: loop {
+        let feed = daemon.events(after)?;
+        for event in feed["events"].as_array().into_iter().flatten() {
+            if event["agent"] != args.agent.as_str() {
+                continue;
+            }
+            let name = event["event"].as_str().unwrap_or("");
+            if observed.is_none() && event["kind"] == "observation" && FAILURES.contains(&name) {
+                observed = event["at_ms"].as_u64().map(Millis);
+            }
+            if event["kind"] == "decision" {
+                break 'decided;
+            }
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "the daemon decided nothing about {} within {:?}",
+                args.agent,
+                args.timeout
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid = i32::try_from(daemon.pid)?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .map_err(|e| anyhow::anyhow!("kill -9 the daemon ({pid}): {e}"))?;
+    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(args.data.join("serve.log"))?;
+    std::process::Command::new(std::env::current_exe()?)
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    while daemon.get("/v1/nodes").is_err() {
+        if Instant::now() > deadline {
+            anyhow::bail!("the daemon did not come back within {:?}", args.timeout);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(observed)
 }
 
 /// Starts a process inside the pod's memory cgroup that allocates `bytes` and holds them: the
@@ -388,6 +470,7 @@ fn write_report(out: &Path, incidents: &[IncidentRecord], summary: &Value) -> an
 struct Daemon {
     url: String,
     token: String,
+    pid: u32,
 }
 
 impl Daemon {
@@ -409,6 +492,10 @@ impl Daemon {
         Ok(Daemon {
             url: about["url"].as_str().unwrap_or_default().to_owned(),
             token,
+            pid: about["pid"]
+                .as_u64()
+                .and_then(|p| u32::try_from(p).ok())
+                .unwrap_or(0),
         })
     }
 
@@ -502,7 +589,7 @@ impl Client {
         let (url, token, name) = (daemon.url.clone(), daemon.token.clone(), name.to_owned());
         let (log, alive) = (sent.clone(), running.clone());
         std::thread::spawn(move || {
-            let daemon = Daemon { url, token };
+            let daemon = Daemon { url, token, pid: 0 };
             let agent: ureq::Agent = ureq::Agent::config_builder()
                 .timeout_global(Some(timeout))
                 .build()

@@ -8,8 +8,11 @@ use serde_json::{Value, json};
 fn chaos(served: &Served, agent: &str, fault: &str, out: &std::path::Path) -> crate::common::Run {
     let data = served.data_dir().display().to_string();
     let out = out.display().to_string();
+    let config = served.config_file().display().to_string();
     carapace([
         "chaos",
+        "--restart-with",
+        &config,
         "--data",
         &data,
         "--agent",
@@ -44,6 +47,8 @@ fn every_fault_class_is_injected_for_real_and_resolved_by_the_rung_it_calls_for(
         ("hang", 2, "hang"),
         ("kill-supervisor", 2, "crash"),
         ("truncate-config", 3, "config_corruption"),
+        // Last: the daemon it restarts is no longer the harness's child.
+        ("kill-daemon", 2, "crash"),
     ];
     for (fault, _, _) in faults {
         served.api(

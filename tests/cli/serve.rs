@@ -154,6 +154,10 @@ impl Served {
             .to_owned();
     }
 
+    pub(crate) fn config_file(&self) -> &Path {
+        &self.config
+    }
+
     pub(crate) fn data_dir(&self) -> &Path {
         &self.data
     }
@@ -367,6 +371,19 @@ impl Served {
 impl Drop for Served {
     fn drop(&mut self) {
         self.kill_daemon();
+        // A daemon someone else restarted (chaos's kill-daemon) is found by its own record.
+        if let Some(pid) = std::fs::read_to_string(self.data.join("serve.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|about| about["pid"].as_u64())
+            && std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.contains("serve"))
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         // Pods without cgroups (limits unenforced) are found through their directories.
         for pid in self.pod_dir_processes() {
             let _ = nix::sys::signal::kill(
@@ -585,6 +602,16 @@ fn a_truncated_config_is_rolled_back_to_the_known_good_version() {
         1,
         "with the known-good state"
     );
+    let versions = served.api("GET", "/v1/agents/cfg/versions", None);
+    assert_eq!(versions["config_versions"], json!([1]), "{versions}");
+    assert!(
+        versions["snapshots"][0]["bytes"].as_u64().unwrap() > 0,
+        "{versions}"
+    );
+    assert!(
+        !versions.to_string().contains("greeting"),
+        "config texts stay in the store: {versions}"
+    );
 }
 
 #[test]
@@ -708,6 +735,7 @@ fn the_api_refuses_bad_requests_with_the_field_and_changes_nothing() {
 
     let openapi = served.api("GET", "/openapi.json", None);
     for path in [
+        "/v1/agents/{name}/versions",
         "/v1/agents",
         "/v1/agents/{name}",
         "/v1/events",

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 pub enum Request {
     ListAgents,
     Agent(String),
+    Versions(String),
     Create(AgentRequest),
     Update(String, AgentRequest),
     Delete(String),
@@ -51,6 +52,7 @@ pub fn router(requests: mpsc::Sender<Envelope>, token: String) -> Router {
             "/v1/agents/{name}",
             get(show_agent).put(update_agent).delete(delete_agent),
         )
+        .route("/v1/agents/{name}/versions", get(agent_versions))
         .route("/v1/events", get(events))
         .route("/v1/alerts", get(alerts))
         .route("/v1/nodes", get(nodes))
@@ -139,6 +141,10 @@ async fn list_agents(State(state): State<AppState>) -> Response {
 
 async fn show_agent(State(state): State<AppState>, Path(name): Path<String>) -> Response {
     ask(&state, Request::Agent(name)).await
+}
+
+async fn agent_versions(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    ask(&state, Request::Versions(name)).await
 }
 
 async fn create_agent(

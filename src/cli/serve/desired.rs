@@ -127,4 +127,12 @@ impl Daemon {
             .map_or(0, u32::from_le_bytes);
         AgentId(stored)
     }
+
+    /// The config versions kept for an agent, ascending.
+    pub fn config_versions(&self, id: AgentId) -> Vec<u32> {
+        self.configs
+            .range((id, 0)..=(id, u32::MAX))
+            .map(|((_, version), _)| *version)
+            .collect()
+    }
 }

@@ -161,6 +161,10 @@ fn answer(daemon: &mut Daemon, request: Request) -> api::Answer {
             let id = daemon.id_of(&name)?;
             Ok(agent_view(daemon, id))
         }
+        Request::Versions(name) => {
+            let id = daemon.id_of(&name)?;
+            Ok(versions_view(daemon, id))
+        }
         Request::Create(request) => {
             let record = daemon.create(request)?;
             Ok(agent_view(daemon, record.id))
@@ -228,6 +232,37 @@ fn agent_view(daemon: &Daemon, id: carapace_engine::AgentId) -> Value {
     }
     view["now_ms"] = json!(daemon.clock.now().0);
     view
+}
+
+/// An agent's versions: its config versions (the texts stay in the store: configs hold
+/// secrets), the running and known-good ones, and its snapshots with their sizes.
+fn versions_view(daemon: &Daemon, id: carapace_engine::AgentId) -> Value {
+    let configs: Vec<u32> = daemon.config_versions(id);
+    let store = carapace_drivers::snapshot::Store::open(daemon.driver.snapshots(id));
+    let snapshots: Vec<Value> = store
+        .and_then(|store| {
+            let mut listed = Vec::new();
+            for version in store.versions()? {
+                let manifest = store.manifest(version)?;
+                listed.push(json!({
+                    "id": version,
+                    "files": manifest.files.len(),
+                    "bytes": manifest.files.iter().map(|f| f.size).sum::<u64>(),
+                }));
+            }
+            Ok(listed)
+        })
+        .unwrap_or_default();
+    let status = daemon.controller.agent(id);
+    json!({
+        "name": daemon.agents[&id].request.name,
+        "desired_version": daemon.agents[&id].version,
+        "running_version": status.map(|s| s.version),
+        "known_good": status.and_then(|s| s.known_good),
+        "latest_snapshot": status.and_then(|s| s.latest_snapshot).map(|s| s.0),
+        "config_versions": configs,
+        "snapshots": snapshots,
+    })
 }
 
 /// A post-mortem as operators get it: with the command that replays the journal up to the
