@@ -957,3 +957,135 @@ fn without_a_writable_cgroup_serve_runs_agents_and_says_limits_are_not_enforced(
         "{metrics}"
     );
 }
+
+#[test]
+fn a_tenant_sees_its_own_agents_only_and_a_foreign_one_answers_as_missing() {
+    let scratch = Scratch::new("serve-tenants");
+    let served = Served::start(&scratch);
+    let mut tokens = Vec::new();
+    for (id, name) in [(1, "acme"), (2, "globex")] {
+        let (status, created) = served.request(
+            "POST",
+            "/v1/tenants",
+            Some(&json!({"id": id, "name": name})),
+            None,
+        );
+        assert_eq!(status, 201, "{created}");
+        tokens.push(created["token"].as_str().expect("a token, once").to_owned());
+    }
+    let (acme, globex) = (tokens[0].as_str(), tokens[1].as_str());
+    let stored = std::fs::read(served.data_dir().join("carapace.redb")).expect("the store");
+    for token in [acme, globex] {
+        assert!(
+            !stored.windows(token.len()).any(|w| w == token.as_bytes()),
+            "the store keeps hashes, not tokens"
+        );
+    }
+    // acme's agent, created with acme's token: its tenant is acme's whatever the body says.
+    let body = served.agent_body("shared-name", json!({"tenant": 2}));
+    let (status, view) = served.request("POST", "/v1/agents", Some(&body), Some(acme));
+    assert_eq!(status, 201, "{view}");
+    assert_eq!(view["tenant"], 1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while served
+        .request("GET", "/v1/agents/shared-name", None, Some(acme))
+        .1["status"]
+        != "running"
+    {
+        assert!(Instant::now() < deadline, "acme's agent did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Every route, as globex, on acme's agent and on a name nobody has: the same answer.
+    let update = served.agent_body("shared-name", json!({}));
+    let missing_update = served.agent_body("nobody", json!({}));
+    for (method, path, body, missing_path, missing_body) in [
+        (
+            "GET",
+            "/v1/agents/shared-name",
+            None,
+            "/v1/agents/nobody",
+            None,
+        ),
+        (
+            "GET",
+            "/v1/agents/shared-name/versions",
+            None,
+            "/v1/agents/nobody/versions",
+            None,
+        ),
+        (
+            "PUT",
+            "/v1/agents/shared-name",
+            Some(&update),
+            "/v1/agents/nobody",
+            Some(&missing_update),
+        ),
+        (
+            "DELETE",
+            "/v1/agents/shared-name",
+            None,
+            "/v1/agents/nobody",
+            None,
+        ),
+        (
+            "GET",
+            "/v1/agents/shared-name?tenant=1",
+            None,
+            "/v1/agents/nobody?tenant=1",
+            None,
+        ),
+    ] {
+        let foreign = served.request(method, path, body, Some(globex));
+        let missing = served.request(method, missing_path, missing_body, Some(globex));
+        assert_eq!(foreign.0, 404, "{method} {path}: {}", foreign.1);
+        assert_eq!(
+            foreign.1.to_string().replace("shared-name", "NAME"),
+            missing.1.to_string().replace("nobody", "NAME"),
+            "{method} {path}: a foreign agent answers exactly as a missing one"
+        );
+    }
+    for path in ["/v1/nodes", "/metrics", "/v1/tenants"] {
+        let (status, body) = served.request("GET", path, None, Some(globex));
+        let (_, fallback) = served.request("GET", "/no/such/route", None, Some(globex));
+        assert_eq!(status, 404, "{path}");
+        assert_eq!(body, fallback, "{path} does not exist for a tenant");
+    }
+    let listed = served.request("GET", "/v1/agents", None, Some(globex)).1;
+    assert_eq!(listed["agents"], json!([]), "{listed}");
+    let events = served.request("GET", "/v1/events", None, Some(globex)).1;
+    assert_eq!(events["events"], json!([]), "{events}");
+    let alerts = served.request("GET", "/v1/alerts", None, Some(globex)).1;
+    assert_eq!(alerts["alerts"], json!([]), "{alerts}");
+
+    // globex may use the same name in its own namespace; acme's agent is untouched.
+    let (status, view) = served.request(
+        "POST",
+        "/v1/agents",
+        Some(&served.agent_body("shared-name", json!({}))),
+        Some(globex),
+    );
+    assert_eq!(status, 201, "{view}");
+    assert_eq!(view["tenant"], 2);
+    let acme_view = served
+        .request("GET", "/v1/agents/shared-name", None, Some(acme))
+        .1;
+    assert_eq!(acme_view["tenant"], 1, "{acme_view}");
+    let acme_events = served.request("GET", "/v1/events", None, Some(acme)).1;
+    assert!(
+        acme_events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["tenant"] == 1),
+        "{acme_events}"
+    );
+    let all = served.api("GET", "/v1/agents", None);
+    assert_eq!(
+        all["agents"].as_array().unwrap().len(),
+        2,
+        "the admin sees both"
+    );
+    let (status, _) = served.request("GET", "/v1/agents", None, Some("not-a-token-at-all"));
+    assert_eq!(status, 401);
+}

@@ -4,9 +4,10 @@
 
 use super::agents::AgentRequest;
 use super::daemon::ApiError;
+use super::tenants::{Caller, Keys, TenantRequest};
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, Request as HttpRequest, State};
+use axum::extract::{Extension, Path, Query, Request as HttpRequest, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -16,35 +17,55 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
-/// What a handler asks of the daemon's loop.
+/// What a handler asks of the daemon's loop. Agent names are looked up in `tenant`'s
+/// namespace.
 #[derive(Debug)]
 pub enum Request {
     ListAgents,
-    Agent(String),
-    Versions(String),
+    Agent {
+        tenant: u32,
+        name: String,
+    },
+    Versions {
+        tenant: u32,
+        name: String,
+    },
     Create(AgentRequest),
-    Update(String, AgentRequest),
-    Delete(String),
-    Events { after: u64 },
+    Update {
+        tenant: u32,
+        name: String,
+        request: AgentRequest,
+    },
+    Delete {
+        tenant: u32,
+        name: String,
+    },
+    Events {
+        after: u64,
+    },
     Alerts,
     Nodes,
     Metrics,
+    Tenants,
+    CreateTenant(TenantRequest),
 }
 
 pub type Answer = Result<Value, ApiError>;
-pub type Envelope = (Request, oneshot::Sender<Answer>);
+pub type Envelope = (Caller, Request, oneshot::Sender<Answer>);
 
 #[derive(Clone, Debug)]
 struct AppState {
     requests: mpsc::Sender<Envelope>,
-    token: Arc<String>,
+    admin_token: Arc<String>,
+    keys: Keys,
 }
 
 /// Every route, with the token check in front of all but `/healthz`.
-pub fn router(requests: mpsc::Sender<Envelope>, token: String) -> Router {
+pub fn router(requests: mpsc::Sender<Envelope>, admin_token: String, keys: Keys) -> Router {
     let state = AppState {
         requests,
-        token: Arc::new(token),
+        admin_token: Arc::new(admin_token),
+        keys,
     };
     let guarded = Router::new()
         .route("/v1/agents", get(list_agents).post(create_agent))
@@ -57,6 +78,7 @@ pub fn router(requests: mpsc::Sender<Envelope>, token: String) -> Router {
         .route("/v1/alerts", get(alerts))
         .route("/v1/nodes", get(nodes))
         .route("/metrics", get(metrics))
+        .route("/v1/tenants", get(tenants).post(create_tenant))
         .route("/openapi.json", get(openapi))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
@@ -69,17 +91,29 @@ pub fn router(requests: mpsc::Sender<Envelope>, token: String) -> Router {
         .with_state(state)
 }
 
-async fn authorize(State(state): State<AppState>, request: HttpRequest, next: Next) -> Response {
+async fn authorize(
+    State(state): State<AppState>,
+    mut request: HttpRequest,
+    next: Next,
+) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(token) if constant_time_eq(token.as_bytes(), state.token.as_bytes()) => {
+    let caller = presented.and_then(|token| {
+        if constant_time_eq(token.as_bytes(), state.admin_token.as_bytes()) {
+            Some(Caller::Admin)
+        } else {
+            state.keys.tenant_of(token).map(Caller::Tenant)
+        }
+    });
+    match caller {
+        Some(caller) => {
+            request.extensions_mut().insert(caller);
             next.run(request).await
         }
-        _ => {
+        None => {
             let mut response = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -98,9 +132,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn ask(state: &AppState, request: Request) -> Response {
+async fn ask(state: &AppState, caller: Caller, request: Request) -> Response {
     let (reply, answer) = oneshot::channel();
-    if state.requests.send((request, reply)).await.is_err() {
+    if state.requests.send((caller, request, reply)).await.is_err() {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the daemon is shutting down",
@@ -135,25 +169,62 @@ fn bad_body(rejection: JsonRejection) -> Response {
     error(StatusCode::BAD_REQUEST, &rejection.body_text())
 }
 
-async fn list_agents(State(state): State<AppState>) -> Response {
-    ask(&state, Request::ListAgents).await
+/// `?tenant=N`: the namespace an admin addresses; a tenant's own token ignores it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Scope {
+    tenant: Option<u32>,
 }
 
-async fn show_agent(State(state): State<AppState>, Path(name): Path<String>) -> Response {
-    ask(&state, Request::Agent(name)).await
+type Scoped = Result<Query<Scope>, axum::extract::rejection::QueryRejection>;
+
+/// The namespace a request addresses, or why its query does not parse.
+fn tenant_of(caller: Caller, scope: Scoped) -> Result<u32, String> {
+    match scope {
+        Ok(Query(scope)) => Ok(caller.scope(scope.tenant)),
+        Err(rejection) => Err(rejection.body_text()),
+    }
 }
 
-async fn agent_versions(State(state): State<AppState>, Path(name): Path<String>) -> Response {
-    ask(&state, Request::Versions(name)).await
+async fn list_agents(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    ask(&state, caller, Request::ListAgents).await
+}
+
+async fn show_agent(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    scope: Scoped,
+) -> Response {
+    match tenant_of(caller, scope) {
+        Ok(tenant) => ask(&state, caller, Request::Agent { tenant, name }).await,
+        Err(message) => error(StatusCode::BAD_REQUEST, &message),
+    }
+}
+
+async fn agent_versions(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    scope: Scoped,
+) -> Response {
+    match tenant_of(caller, scope) {
+        Ok(tenant) => ask(&state, caller, Request::Versions { tenant, name }).await,
+        Err(message) => error(StatusCode::BAD_REQUEST, &message),
+    }
 }
 
 async fn create_agent(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     body: Result<axum::Json<AgentRequest>, JsonRejection>,
 ) -> Response {
     match body {
         Ok(axum::Json(request)) => {
-            let mut response = ask(&state, Request::Create(request)).await;
+            let mut response = ask(&state, caller, Request::Create(request)).await;
             if response.status() == StatusCode::OK {
                 *response.status_mut() = StatusCode::CREATED;
             }
@@ -165,17 +236,42 @@ async fn create_agent(
 
 async fn update_agent(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
+    scope: Scoped,
     body: Result<axum::Json<AgentRequest>, JsonRejection>,
 ) -> Response {
+    let tenant = match tenant_of(caller, scope) {
+        Ok(tenant) => tenant,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
     match body {
-        Ok(axum::Json(request)) => ask(&state, Request::Update(name, request)).await,
+        Ok(axum::Json(request)) => {
+            ask(
+                &state,
+                caller,
+                Request::Update {
+                    tenant,
+                    name,
+                    request,
+                },
+            )
+            .await
+        }
         Err(rejection) => bad_body(rejection),
     }
 }
 
-async fn delete_agent(State(state): State<AppState>, Path(name): Path<String>) -> Response {
-    ask(&state, Request::Delete(name)).await
+async fn delete_agent(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    scope: Scoped,
+) -> Response {
+    match tenant_of(caller, scope) {
+        Ok(tenant) => ask(&state, caller, Request::Delete { tenant, name }).await,
+        Err(message) => error(StatusCode::BAD_REQUEST, &message),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,24 +283,46 @@ struct After {
 
 async fn events(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<After>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     match query {
-        Ok(Query(After { after })) => ask(&state, Request::Events { after }).await,
+        Ok(Query(After { after })) => ask(&state, caller, Request::Events { after }).await,
         Err(rejection) => error(StatusCode::BAD_REQUEST, &rejection.body_text()),
     }
 }
 
-async fn alerts(State(state): State<AppState>) -> Response {
-    ask(&state, Request::Alerts).await
+async fn alerts(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Response {
+    ask(&state, caller, Request::Alerts).await
 }
 
-async fn nodes(State(state): State<AppState>) -> Response {
-    ask(&state, Request::Nodes).await
+async fn nodes(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Response {
+    ask(&state, caller, Request::Nodes).await
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
-    let response = ask(&state, Request::Metrics).await;
+async fn tenants(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Response {
+    ask(&state, caller, Request::Tenants).await
+}
+
+async fn create_tenant(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: Result<axum::Json<TenantRequest>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(axum::Json(request)) => {
+            let mut response = ask(&state, caller, Request::CreateTenant(request)).await;
+            if response.status() == StatusCode::OK {
+                *response.status_mut() = StatusCode::CREATED;
+            }
+            response
+        }
+        Err(rejection) => bad_body(rejection),
+    }
+}
+
+async fn metrics(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Response {
+    let response = ask(&state, caller, Request::Metrics).await;
     if response.status() != StatusCode::OK {
         return response;
     }

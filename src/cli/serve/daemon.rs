@@ -54,7 +54,11 @@ pub struct Daemon {
     pub clock: DaemonClock,
     pub driver: ProcessDriver,
     pub agents: BTreeMap<AgentId, AgentRecord>,
-    pub(super) names: BTreeMap<String, AgentId>,
+    /// Agent names, per tenant: each tenant has a namespace of its own.
+    pub(super) names: BTreeMap<(u32, String), AgentId>,
+    /// Tenants' token hashes, shared with the HTTP layer.
+    pub keys: super::tenants::Keys,
+    pub(super) tenants: BTreeMap<u32, super::tenants::TenantRecord>,
     pub(super) configs: BTreeMap<(AgentId, u32), String>,
     pub(super) cursors: BTreeMap<AgentId, Cursor>,
     /// Commands issued and not finished, by id: redone after a restart.
@@ -97,6 +101,8 @@ impl Daemon {
             driver,
             agents: BTreeMap::new(),
             names: BTreeMap::new(),
+            keys: super::tenants::Keys::default(),
+            tenants: BTreeMap::new(),
             configs: BTreeMap::new(),
             cursors: BTreeMap::new(),
             in_flight: BTreeMap::new(),
@@ -130,8 +136,18 @@ impl Daemon {
 
     pub(super) fn load_desired(&mut self) -> anyhow::Result<()> {
         for (_, record) in self.store.desired::<AgentRecord>(AGENTS)? {
-            self.names.insert(record.request.name.clone(), record.id);
+            self.names.insert(
+                (record.request.tenant, record.request.name.clone()),
+                record.id,
+            );
             self.agents.insert(record.id, record);
+        }
+        for (_, tenant) in self
+            .store
+            .desired::<super::tenants::TenantRecord>(super::tenants::TENANTS)?
+        {
+            self.keys.insert(&tenant);
+            self.tenants.insert(tenant.id, tenant);
         }
         for (key, text) in self.store.desired::<String>(CONFIGS)? {
             self.configs
@@ -254,15 +270,14 @@ impl Daemon {
         if self.feed.len() == MAX_EVENTS {
             self.feed.pop_front();
         }
-        let agent = agent.map(|a| {
-            self.agents
-                .get(&a)
-                .map_or_else(|| a.to_string(), |r| r.request.name.clone())
-        });
+        let record = agent.and_then(|a| self.agents.get(&a));
+        let tenant = record.map(|r| r.request.tenant);
+        let agent = agent.map(|a| record.map_or_else(|| a.to_string(), |r| r.request.name.clone()));
         self.feed.push_back(FeedEntry {
             seq: self.feed_seq,
             at_ms: at.0,
             agent,
+            tenant,
             kind,
             event,
             what,

@@ -11,7 +11,10 @@ impl Daemon {
 
     pub fn create(&mut self, request: AgentRequest) -> Result<AgentRecord, ApiError> {
         request.check().map_err(ApiError::BadRequest)?;
-        if self.names.contains_key(&request.name) {
+        if self
+            .names
+            .contains_key(&(request.tenant, request.name.clone()))
+        {
             return Err(ApiError::Conflict(format!(
                 "an agent named `{}` exists",
                 request.name
@@ -44,7 +47,10 @@ impl Daemon {
             self.configs
                 .insert((record.id, record.version.config), text);
         }
-        self.names.insert(record.request.name.clone(), record.id);
+        self.names.insert(
+            (record.request.tenant, record.request.name.clone()),
+            record.id,
+        );
         self.agents.insert(record.id, record.clone())
     }
 
@@ -63,15 +69,24 @@ impl Daemon {
             }
             None => {
                 self.configs.remove(&(record.id, record.version.config));
-                self.names.remove(&record.request.name);
+                self.names
+                    .remove(&(record.request.tenant, record.request.name.clone()));
                 self.agents.remove(&record.id);
             }
         }
     }
 
-    pub fn update(&mut self, name: &str, request: AgentRequest) -> Result<AgentRecord, ApiError> {
+    pub fn update(
+        &mut self,
+        tenant: u32,
+        name: &str,
+        request: AgentRequest,
+    ) -> Result<AgentRecord, ApiError> {
         request.check().map_err(ApiError::BadRequest)?;
-        let id = self.id_of(name)?;
+        let id = self.id_of(tenant, name)?;
+        if request.tenant != tenant {
+            return Err(ApiError::BadRequest("tenant: cannot be changed".into()));
+        }
         if request.name != name {
             return Err(ApiError::BadRequest("name: cannot be changed".into()));
         }
@@ -94,13 +109,13 @@ impl Daemon {
         Ok(record)
     }
 
-    pub fn remove(&mut self, name: &str) -> Result<(), ApiError> {
-        let id = self.id_of(name)?;
+    pub fn remove(&mut self, tenant: u32, name: &str) -> Result<(), ApiError> {
+        let id = self.id_of(tenant, name)?;
         let mut batch = Batch::new();
         batch.remove_desired(AGENTS, u64::from(id.0));
         self.apply(Input::RemoveAgent { agent: id }, batch)
             .map_err(ApiError::from)?;
-        self.names.remove(name);
+        self.names.remove(&(tenant, name.to_owned()));
         self.agents.remove(&id);
         Ok(())
     }
@@ -110,11 +125,44 @@ impl Daemon {
         self.store.path()
     }
 
-    pub fn id_of(&self, name: &str) -> Result<AgentId, ApiError> {
+    /// The agent `name` in `tenant`'s namespace. Another tenant's agent of that name is not
+    /// found, with exactly the answer of an agent that does not exist.
+    pub fn id_of(&self, tenant: u32, name: &str) -> Result<AgentId, ApiError> {
         self.names
-            .get(name)
+            .get(&(tenant, name.to_owned()))
             .copied()
             .ok_or_else(|| ApiError::NotFound(format!("no agent named `{name}`")))
+    }
+
+    /// Adds a tenant with a fresh token, returned once; the store keeps only its hash.
+    pub fn create_tenant(
+        &mut self,
+        request: super::tenants::TenantRequest,
+    ) -> Result<(super::tenants::TenantRecord, String), ApiError> {
+        request.check().map_err(ApiError::BadRequest)?;
+        if self.tenants.contains_key(&request.id) {
+            return Err(ApiError::Conflict(format!("tenant {} exists", request.id)));
+        }
+        if self.tenants.len() >= super::tenants::MAX_TENANTS {
+            return Err(ApiError::BadRequest(format!(
+                "id: at most {} tenants",
+                super::tenants::MAX_TENANTS
+            )));
+        }
+        let token = super::agents::fresh_token() + &super::agents::fresh_token();
+        let record = super::tenants::TenantRecord {
+            id: request.id,
+            name: request.name,
+            token_blake3: super::tenants::hash(&token),
+        };
+        let mut batch = Batch::new();
+        batch.put_desired(super::tenants::TENANTS, u64::from(record.id), &record);
+        self.store
+            .commit(batch)
+            .map_err(|e| ApiError::Refused(e.to_string()))?;
+        self.keys.insert(&record);
+        self.tenants.insert(record.id, record.clone());
+        Ok((record, token))
     }
 
     pub(super) fn next_agent_id(&self) -> AgentId {

@@ -12,6 +12,7 @@ mod driver;
 mod feed;
 mod reports;
 mod restart;
+mod tenants;
 
 use super::EXIT_BAD_INPUT;
 use api::{Envelope, Request};
@@ -23,6 +24,7 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
+use tenants::Caller;
 use tokio::sync::mpsc;
 
 #[derive(Debug, clap::Args)]
@@ -111,7 +113,7 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     std::fs::write(config.data_dir.join("serve.json"), about.to_string())?;
     // Tests and scripts wait for this line: the API answers from here on.
     println!("carapace serve: listening on http://{address}");
-    let app = api::router(requests_tx, token);
+    let app = api::router(requests_tx, token, daemon.keys.clone());
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
             tracing::error!(%error, "the API server stopped");
@@ -130,8 +132,8 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         tokio::select! {
             () = &mut shutdown => break,
             Some(report) = reports.recv() => daemon.on_report(report),
-            Some((request, reply)) = requests.recv() => {
-                let _ = reply.send(answer(&mut daemon, request));
+            Some((caller, request, reply)) = requests.recv() => {
+                let _ = reply.send(answer(&mut daemon, caller, request));
             }
             () = sleep_until(deadline) => {
                 if let Err(error) = daemon.tick() {
@@ -147,44 +149,66 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn answer(daemon: &mut Daemon, request: Request) -> api::Answer {
+fn answer(daemon: &mut Daemon, caller: Caller, request: Request) -> api::Answer {
+    // Fleet-wide routes are the admin's; to a tenant they do not exist.
+    let admin_only = matches!(
+        request,
+        Request::Nodes | Request::Metrics | Request::Tenants | Request::CreateTenant(_)
+    );
+    if admin_only && caller != Caller::Admin {
+        return Err(ApiError::NotFound("no such route".into()));
+    }
     match request {
         Request::ListAgents => {
             let agents: Vec<Value> = daemon
                 .agents
                 .values()
+                .filter(|record| caller.sees(record.request.tenant))
                 .map(|record| agent_view(daemon, record.id))
                 .collect();
             Ok(json!({ "agents": agents }))
         }
-        Request::Agent(name) => {
-            let id = daemon.id_of(&name)?;
+        Request::Agent { tenant, name } => {
+            let id = daemon.id_of(tenant, &name)?;
             Ok(agent_view(daemon, id))
         }
-        Request::Versions(name) => {
-            let id = daemon.id_of(&name)?;
+        Request::Versions { tenant, name } => {
+            let id = daemon.id_of(tenant, &name)?;
             Ok(versions_view(daemon, id))
         }
-        Request::Create(request) => {
+        Request::Create(mut request) => {
+            // A tenant's token creates in its own tenant, whatever the body says.
+            request.tenant = caller.scope(Some(request.tenant));
             let record = daemon.create(request)?;
             Ok(agent_view(daemon, record.id))
         }
-        Request::Update(name, request) => {
-            let record = daemon.update(&name, request)?;
+        Request::Update {
+            tenant,
+            name,
+            mut request,
+        } => {
+            request.tenant = caller.scope(Some(request.tenant));
+            let record = daemon.update(tenant, &name, request)?;
             Ok(agent_view(daemon, record.id))
         }
-        Request::Delete(name) => {
-            daemon.remove(&name)?;
+        Request::Delete { tenant, name } => {
+            daemon.remove(tenant, &name)?;
             Ok(json!({ "removed": name }))
         }
         Request::Events { after } => {
-            let events: Vec<_> = daemon.feed.iter().filter(|e| e.seq > after).collect();
+            let events: Vec<_> = daemon
+                .feed
+                .iter()
+                .filter(|e| e.seq > after)
+                .filter(|e| caller == Caller::Admin || e.tenant.is_some_and(|t| caller.sees(t)))
+                .collect();
             Ok(json!({ "now_ms": daemon.clock.now().0, "events": events }))
         }
         Request::Alerts => {
             let alerts: Vec<Value> = daemon
                 .alerts
                 .iter()
+                .filter(|pm| caller.sees(pm.tenant.0))
                 .map(|pm| alert_view(daemon, pm))
                 .collect();
             Ok(json!({ "alerts": alerts }))
@@ -197,6 +221,19 @@ fn answer(daemon: &mut Daemon, request: Request) -> api::Answer {
             Ok(json!({ "nodes": [{ "id": LOCAL_NODE.0, "memory": node }] }))
         }
         Request::Metrics => Ok(Value::String(metrics(daemon))),
+        Request::Tenants => {
+            let tenants: Vec<Value> = daemon
+                .tenants
+                .values()
+                .map(|t| json!({ "id": t.id, "name": t.name }))
+                .collect();
+            Ok(json!({ "tenants": tenants }))
+        }
+        Request::CreateTenant(request) => {
+            let (record, token) = daemon.create_tenant(request)?;
+            // The only time the token is shown: the store keeps its hash.
+            Ok(json!({ "id": record.id, "name": record.name, "token": token }))
+        }
     }
 }
 

@@ -1,0 +1,108 @@
+//! Tenants and who is calling: the admin token, and one token per tenant, kept as blake3
+//! hashes so that the store never holds a token that works.
+//!
+//! Every request runs as a [`Caller`]. A tenant's token sees its own agents only: another
+//! tenant's agent answers exactly as an agent that does not exist (the same 404, the same
+//! body), so a refusal reveals nothing. Fleet-wide routes (nodes, metrics, tenants) are the
+//! admin's; to a tenant they do not exist either.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+/// Desired-state kind of tenant records in the store.
+pub const TENANTS: &str = "tenant";
+/// Bounds on the tenant table.
+pub const MAX_TENANTS: usize = 100_000;
+const MAX_TENANT_NAME: usize = 128;
+
+/// Who a request runs as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    Admin,
+    Tenant(u32),
+}
+
+impl Caller {
+    /// The tenant a request is scoped to: a tenant's own, or the one an admin names
+    /// (tenant 0 when it names none).
+    pub fn scope(self, asked: Option<u32>) -> u32 {
+        match self {
+            Caller::Admin => asked.unwrap_or(0),
+            Caller::Tenant(tenant) => tenant,
+        }
+    }
+
+    /// Whether this caller may see what belongs to `tenant`.
+    pub fn sees(self, tenant: u32) -> bool {
+        match self {
+            Caller::Admin => true,
+            Caller::Tenant(own) => own == tenant,
+        }
+    }
+}
+
+/// One tenant as the store keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantRecord {
+    pub id: u32,
+    pub name: String,
+    /// blake3 of the token, hex.
+    pub token_blake3: String,
+}
+
+/// The body of `POST /v1/tenants`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantRequest {
+    pub id: u32,
+    pub name: String,
+}
+
+impl TenantRequest {
+    pub fn check(&self) -> Result<(), String> {
+        let ok = !self.name.is_empty()
+            && self.name.len() <= MAX_TENANT_NAME
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "name: must be 1-{MAX_TENANT_NAME} characters of A-Z, a-z, 0-9, '-', '_', '.'"
+            ))
+        }
+    }
+}
+
+/// Token hashes to tenants, shared by the daemon (which adds tenants) and the HTTP layer
+/// (which authenticates).
+#[derive(Clone, Debug, Default)]
+pub struct Keys {
+    by_hash: Arc<RwLock<BTreeMap<String, u32>>>,
+}
+
+impl Keys {
+    pub fn insert(&self, record: &TenantRecord) {
+        self.by_hash
+            .write()
+            .expect("the key table's lock")
+            .insert(record.token_blake3.clone(), record.id);
+    }
+
+    /// The tenant a presented token belongs to. The lookup is by hash: comparing hashes
+    /// tells nothing about the token that a timing could exploit.
+    pub fn tenant_of(&self, token: &str) -> Option<u32> {
+        self.by_hash
+            .read()
+            .expect("the key table's lock")
+            .get(&hash(token))
+            .copied()
+    }
+}
+
+pub fn hash(token: &str) -> String {
+    blake3::hash(token.as_bytes()).to_hex().to_string()
+}
