@@ -53,8 +53,8 @@ pub(crate) struct Served {
     config: PathBuf,
     data: PathBuf,
     cgroup_parent: String,
-    base_url: String,
-    token: String,
+    pub(crate) base_url: String,
+    pub(crate) token: String,
     lines: Receiver<String>,
     agent_bin: PathBuf,
 }
@@ -1088,4 +1088,148 @@ fn a_tenant_sees_its_own_agents_only_and_a_foreign_one_answers_as_missing() {
     );
     let (status, _) = served.request("GET", "/v1/agents", None, Some("not-a-token-at-all"));
     assert_eq!(status, 401);
+}
+
+#[test]
+fn a_secret_reaches_its_agent_only_and_no_byte_written_anywhere_else_holds_it() {
+    let scratch = Scratch::new("serve-secrets");
+    let mut served = Served::start(&scratch);
+    let canary = format!("canary-{}-{}", std::process::id(), port_block());
+    served.api(
+        "POST",
+        "/v1/agents",
+        Some(&served.agent_body("keyed", json!({}))),
+    );
+    served.wait_running("keyed", 1);
+    served.agent_call("keyed", "POST", "/turn");
+    let mut bodies = Vec::new();
+    let put = |served: &Served, value: &str| {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut response = agent
+            .put(&format!(
+                "{}/v1/agents/keyed/secrets/LLM_API_KEY",
+                served.base_url
+            ))
+            .header("Authorization", &format!("Bearer {}", served.token))
+            .send(value)
+            .expect("PUT a secret");
+        let status = response.status().as_u16();
+        (
+            status,
+            response.body_mut().read_to_string().unwrap_or_default(),
+        )
+    };
+    let (status, body) = put(&served, &canary);
+    assert_eq!(status, 200, "{body}");
+    bodies.push(body);
+    // Set, the secret moves the agent to a new version: restarted from a snapshot.
+    let view = served.wait_agent("keyed", Duration::from_secs(60), "restarted with it", |v| {
+        v["status"] == "running" && v["running_version"]["config"] == 2
+    });
+    let pid = view["pod"]["agent_pid"].as_u64().expect("the agent's pid");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("the agent's environment");
+    let wanted = format!("LLM_API_KEY={canary}");
+    assert!(
+        environ.split(|b| *b == 0).any(|kv| kv == wanted.as_bytes()),
+        "the agent has its secret in its environment"
+    );
+    assert_eq!(
+        served.agent_call("keyed", "GET", "/state")["turns"],
+        1,
+        "state intact"
+    );
+    let names = served.api("GET", "/v1/agents/keyed/secrets", None);
+    assert_eq!(names["secrets"], json!(["LLM_API_KEY"]));
+    let (status, body) = put(&served, "bad\u{0}");
+    bodies.push(body);
+    assert_eq!(
+        status, 400,
+        "an environment variable cannot hold a NUL: {}",
+        bodies[1]
+    );
+    let rotated = format!("{canary}-rotated");
+    let (status, body) = put(&served, &rotated);
+    assert_eq!(status, 200, "{body}");
+    bodies.push(body);
+    served.wait_agent("keyed", Duration::from_secs(60), "rotated", |v| {
+        v["status"] == "running" && v["running_version"]["config"] == 3 && v["rung"].is_null()
+    });
+    assert_eq!(
+        served.agent_call("keyed", "GET", "/state")["turns"],
+        1,
+        "rotated, state intact"
+    );
+    let (status, body) =
+        served.request("DELETE", "/v1/agents/keyed/secrets/not_a_NAME", None, None);
+    assert_eq!(status, 400, "{body}");
+
+    // Everything an operator and a tool can read.
+    served.agent_call("keyed", "POST", "/crash?code=2");
+    served.wait_agent("keyed", Duration::from_secs(60), "back", |v| {
+        v["status"] == "running"
+    });
+    for path in [
+        "/v1/agents",
+        "/v1/agents/keyed",
+        "/v1/agents/keyed/versions",
+        "/v1/agents/keyed/secrets",
+        "/v1/events",
+        "/v1/alerts",
+        "/v1/nodes",
+        "/metrics",
+    ] {
+        bodies.push(served.request("GET", path, None, None).1.to_string());
+    }
+    served.kill_daemon();
+    let store = served
+        .data_dir()
+        .join("carapace.redb")
+        .display()
+        .to_string();
+    let replay = crate::common::carapace(["replay", &store, "--json"]);
+    assert_eq!(replay.code, Some(0), "{replay:?}");
+    bodies.push(replay.stdout + &replay.stderr);
+    for body in &bodies {
+        assert!(
+            !body.contains(&canary),
+            "a response holds the secret: {body}"
+        );
+    }
+    // Every byte written under the scratch directory, but the one file that hands secrets
+    // to a pod (mode 0600, removed with the pod).
+    let mut stack = vec![scratch.path().to_owned()];
+    let mut files = 0;
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read a directory").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if path.file_name().is_some_and(|n| n == "secrets.json") {
+                use std::os::unix::fs::PermissionsExt as _;
+                let mode = std::fs::metadata(&path)
+                    .expect("its mode")
+                    .permissions()
+                    .mode();
+                assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+                continue;
+            }
+            files += 1;
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            assert!(
+                !bytes.windows(canary.len()).any(|w| w == canary.as_bytes()),
+                "{} holds the secret",
+                path.display()
+            );
+        }
+    }
+    assert!(
+        files > 10,
+        "the search covered the store, pods, snapshots and logs ({files} files)"
+    );
+    served.launch();
 }

@@ -16,6 +16,7 @@
 //!   supervise.log     the supervisor's own stderr
 //!   agent.log         the agent's stdout and stderr
 //!   config.json       the agent's config, written by the daemon from its versioned copy
+//!   secrets.json      the agent's secrets (mode 0600), added to its environment
 //!   state/            the agent's state directory: what snapshots hold
 //! ```
 
@@ -88,6 +89,11 @@ impl PodDir {
 
     pub fn agent_log(&self) -> PathBuf {
         self.root.join("agent.log")
+    }
+
+    /// The agent's secrets, `[[name, value], ...]` (mode 0600), added to its environment.
+    pub fn secrets(&self) -> PathBuf {
+        self.root.join("secrets.json")
     }
 
     pub fn config(&self) -> PathBuf {

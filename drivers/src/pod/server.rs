@@ -130,10 +130,12 @@ fn supervise_config(spec: &PodSpec, dir: &PodDir) -> Result<SuperviseConfig, Pod
         .probe
         .parse()
         .map_err(|e| PodServerError::Spec(format!("{}: probe: {e}", dir.spec().display())))?;
+    let mut env = spec.env.clone();
+    env.extend(read_secrets(dir)?);
     let process = ProcessSpec {
         program: spec.program.clone(),
         args: spec.args.clone(),
-        env: spec.env.clone(),
+        env: env.clone(),
         dir: Some(dir.root().to_owned()),
         log: Some(dir.agent_log()),
     };
@@ -142,7 +144,7 @@ fn supervise_config(spec: &PodSpec, dir: &PodDir) -> Result<SuperviseConfig, Pod
         Some(ProcessSpec {
             program: program.clone(),
             args: args.to_vec(),
-            env: spec.env.clone(),
+            env: env.clone(),
             dir: Some(dir.root().to_owned()),
             log: Some(dir.agent_log()),
         })
@@ -164,6 +166,24 @@ fn supervise_config(spec: &PodSpec, dir: &PodDir) -> Result<SuperviseConfig, Pod
             .as_ref()
             .and_then(|path| crate::cgroup::PodCgroup::at(path.clone())),
     })
+}
+
+/// The secrets the daemon handed the pod, if any. Errors name the file, never a value.
+fn read_secrets(dir: &PodDir) -> Result<Vec<(String, String)>, PodServerError> {
+    let path = dir.secrets();
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|_| {
+            PodServerError::Spec(format!(
+                "{}: not a list of [name, value] pairs",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(PodServerError::Io {
+            dir: dir.root().display().to_string(),
+            source,
+        }),
+    }
 }
 
 /// The pod's numbered events: appended to the file, kept in a bounded backlog, broadcast to

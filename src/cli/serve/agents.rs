@@ -87,6 +87,17 @@ impl AgentRequest {
         {
             return Err(format!("env: `{key}` is not a variable name"));
         }
+        if let Some(key) = self
+            .env
+            .iter()
+            .find(|(_, v)| v.contains('\0'))
+            .map(|(k, _)| k)
+        {
+            return Err(format!("env: the value of `{key}` holds a NUL character"));
+        }
+        if self.command.iter().any(|w| w.contains('\0')) {
+            return Err("command: a word holds a NUL character".into());
+        }
         if self.memory_limit.0 == 0 {
             return Err("memory_limit: must be above zero".into());
         }
@@ -249,6 +260,8 @@ mod tests {
             ),
             ("probe", serde_json::json!(""), "probe"),
             ("env", serde_json::json!({"A=B": "x"}), "env"),
+            ("env", serde_json::json!({"A": "x\0y"}), "env"),
+            ("command", serde_json::json!(["a\0b"]), "command"),
         ] {
             let mut body = valid();
             body[field] = value;

@@ -40,6 +40,17 @@ pub enum Request {
         tenant: u32,
         name: String,
     },
+    Secrets {
+        tenant: u32,
+        name: String,
+    },
+    /// `value: None` deletes the secret.
+    SetSecret {
+        tenant: u32,
+        name: String,
+        secret: String,
+        value: Option<String>,
+    },
     Events {
         after: u64,
     },
@@ -74,6 +85,11 @@ pub fn router(requests: mpsc::Sender<Envelope>, admin_token: String, keys: Keys)
             get(show_agent).put(update_agent).delete(delete_agent),
         )
         .route("/v1/agents/{name}/versions", get(agent_versions))
+        .route("/v1/agents/{name}/secrets", get(list_secrets))
+        .route(
+            "/v1/agents/{name}/secrets/{secret}",
+            axum::routing::put(put_secret).delete(delete_secret),
+        )
         .route("/v1/events", get(events))
         .route("/v1/alerts", get(alerts))
         .route("/v1/nodes", get(nodes))
@@ -270,6 +286,65 @@ async fn delete_agent(
 ) -> Response {
     match tenant_of(caller, scope) {
         Ok(tenant) => ask(&state, caller, Request::Delete { tenant, name }).await,
+        Err(message) => error(StatusCode::BAD_REQUEST, &message),
+    }
+}
+
+async fn list_secrets(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    scope: Scoped,
+) -> Response {
+    match tenant_of(caller, scope) {
+        Ok(tenant) => ask(&state, caller, Request::Secrets { tenant, name }).await,
+        Err(message) => error(StatusCode::BAD_REQUEST, &message),
+    }
+}
+
+/// The body is the secret's value, as text; it is never echoed back.
+async fn put_secret(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((name, secret)): Path<(String, String)>,
+    scope: Scoped,
+    body: Result<String, axum::extract::rejection::StringRejection>,
+) -> Response {
+    let tenant = match tenant_of(caller, scope) {
+        Ok(tenant) => tenant,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
+    let Ok(value) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "secret value: the body must be UTF-8 text",
+        );
+    };
+    let request = Request::SetSecret {
+        tenant,
+        name,
+        secret,
+        value: Some(value),
+    };
+    ask(&state, caller, request).await
+}
+
+async fn delete_secret(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((name, secret)): Path<(String, String)>,
+    scope: Scoped,
+) -> Response {
+    match tenant_of(caller, scope) {
+        Ok(tenant) => {
+            let request = Request::SetSecret {
+                tenant,
+                name,
+                secret,
+                value: None,
+            };
+            ask(&state, caller, request).await
+        }
         Err(message) => error(StatusCode::BAD_REQUEST, &message),
     }
 }

@@ -35,6 +35,9 @@ pub struct ApiConfig {
     /// Each post-mortem is also POSTed here as JSON (`http://` only; the URL is never logged,
     /// as it often carries a secret).
     pub alert_webhook: Option<String>,
+    /// The key secrets are sealed with (32 bytes, mode 0600; created when missing). Relative
+    /// to data_dir.
+    pub secrets_key_file: PathBuf,
 }
 
 impl Default for ApiConfig {
@@ -44,6 +47,7 @@ impl Default for ApiConfig {
             token_file: PathBuf::from("token"),
             alerts_file: PathBuf::from("alerts.jsonl"),
             alert_webhook: None,
+            secrets_key_file: PathBuf::from("secrets.key"),
         }
     }
 }
@@ -154,7 +158,11 @@ pub fn load(path: &Path) -> Result<ServeConfig, String> {
     if config.data_dir.is_relative() {
         config.data_dir = base.join(&config.data_dir);
     }
-    for file in [&mut config.api.token_file, &mut config.api.alerts_file] {
+    for file in [
+        &mut config.api.token_file,
+        &mut config.api.alerts_file,
+        &mut config.api.secrets_key_file,
+    ] {
         if file.is_relative() {
             *file = config.data_dir.join(&*file);
         }

@@ -59,6 +59,9 @@ pub struct Daemon {
     /// Tenants' token hashes, shared with the HTTP layer.
     pub keys: super::tenants::Keys,
     pub(super) tenants: BTreeMap<u32, super::tenants::TenantRecord>,
+    pub(super) vault: super::secrets::Vault,
+    /// Each agent's secrets, sealed.
+    pub(super) secrets: BTreeMap<AgentId, super::secrets::AgentSecrets>,
     pub(super) configs: BTreeMap<(AgentId, u32), String>,
     pub(super) cursors: BTreeMap<AgentId, Cursor>,
     /// Commands issued and not finished, by id: redone after a restart.
@@ -81,6 +84,7 @@ impl Daemon {
         policy: EngineConfig,
         node_memory_bytes: u64,
         driver: ProcessDriver,
+        vault: super::secrets::Vault,
     ) -> anyhow::Result<Daemon> {
         let recorded = recorded_policy(&store)?;
         if let Some(recorded) = &recorded
@@ -103,6 +107,8 @@ impl Daemon {
             names: BTreeMap::new(),
             keys: super::tenants::Keys::default(),
             tenants: BTreeMap::new(),
+            vault,
+            secrets: BTreeMap::new(),
             configs: BTreeMap::new(),
             cursors: BTreeMap::new(),
             in_flight: BTreeMap::new(),
@@ -152,6 +158,12 @@ impl Daemon {
         for (key, text) in self.store.desired::<String>(CONFIGS)? {
             self.configs
                 .insert((AgentId((key >> 32) as u32), key as u32), text);
+        }
+        for (id, sealed) in self
+            .store
+            .desired::<super::secrets::AgentSecrets>(super::secrets::SECRETS)?
+        {
+            self.secrets.insert(AgentId(id as u32), sealed);
         }
         for (id, cursor) in self.store.desired::<Cursor>(CURSORS)? {
             self.cursors.insert(AgentId(id as u32), cursor);
@@ -300,7 +312,9 @@ impl Daemon {
                     return;
                 };
                 let config = self.configs.get(&(agent, version.config)).cloned();
-                self.driver.start(id, &record, instance, config, snapshot);
+                let secrets = self.opened_secrets(agent);
+                self.driver
+                    .start(id, &record, instance, config, snapshot, secrets);
             }
             Command::Stop {
                 id,
@@ -332,6 +346,26 @@ impl Daemon {
             Command::Reject { reason } => tracing::warn!(%reason, "the engine refused an input"),
             other => tracing::warn!(command = ?other, "a command this driver does not know"),
         }
+    }
+
+    /// An agent's secrets, opened to hand to its pod. One that does not open (another key)
+    /// is left out and logged by name: the agent starts without it rather than not at all.
+    pub(super) fn opened_secrets(&self, agent: AgentId) -> Vec<(String, String)> {
+        let Some(sealed) = self.secrets.get(&agent) else {
+            return Vec::new();
+        };
+        sealed
+            .iter()
+            .filter_map(
+                |(name, sealed)| match self.vault.open(agent, name, sealed) {
+                    Ok(bytes) => String::from_utf8(bytes).ok().map(|v| (name.clone(), v)),
+                    Err(error) => {
+                        tracing::error!(%error, "a secret was left out");
+                        None
+                    }
+                },
+            )
+            .collect()
     }
 
     /// Reported through the driver's channel, not applied here: `execute` runs inside a

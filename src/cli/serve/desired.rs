@@ -113,10 +113,12 @@ impl Daemon {
         let id = self.id_of(tenant, name)?;
         let mut batch = Batch::new();
         batch.remove_desired(AGENTS, u64::from(id.0));
+        batch.remove_desired(super::secrets::SECRETS, u64::from(id.0));
         self.apply(Input::RemoveAgent { agent: id }, batch)
             .map_err(ApiError::from)?;
         self.names.remove(&(tenant, name.to_owned()));
         self.agents.remove(&id);
+        self.secrets.remove(&id);
         Ok(())
     }
 
@@ -182,5 +184,82 @@ impl Daemon {
             .range((id, 0)..=(id, u32::MAX))
             .map(|((_, version), _)| *version)
             .collect()
+    }
+
+    /// Sets (or, with `None`, deletes) one secret of an agent. The agent then moves to a new
+    /// config version — restarted from a snapshot, its state intact — so the change reaches
+    /// its environment.
+    pub fn set_secret(
+        &mut self,
+        tenant: u32,
+        name: &str,
+        secret: &str,
+        value: Option<&str>,
+    ) -> Result<(), ApiError> {
+        use super::secrets::{MAX_SECRET_BYTES, MAX_SECRETS, SECRETS, check_name};
+        let id = self.id_of(tenant, name)?;
+        check_name(secret).map_err(ApiError::BadRequest)?;
+        let mut sealed = self.secrets.get(&id).cloned().unwrap_or_default();
+        match value {
+            Some(value) => {
+                if value.contains('\0') {
+                    // An environment variable cannot hold one: the agent would not start.
+                    return Err(ApiError::BadRequest(
+                        "secret value: must not contain a NUL character".into(),
+                    ));
+                }
+                if value.len() > MAX_SECRET_BYTES {
+                    return Err(ApiError::BadRequest(format!(
+                        "secret value: at most {MAX_SECRET_BYTES} bytes"
+                    )));
+                }
+                if !sealed.contains_key(secret) && sealed.len() >= MAX_SECRETS {
+                    return Err(ApiError::BadRequest(format!(
+                        "secret name: at most {MAX_SECRETS} secrets per agent"
+                    )));
+                }
+                sealed.insert(
+                    secret.to_owned(),
+                    self.vault.seal(id, secret, value.as_bytes()),
+                );
+            }
+            None => {
+                if sealed.remove(secret).is_none() {
+                    return Err(ApiError::NotFound(format!("no secret named `{secret}`")));
+                }
+            }
+        }
+        let old = self.agents[&id].clone();
+        let record = AgentRecord {
+            version: Version::new(old.version.runtime, old.version.config + 1),
+            ..old
+        };
+        let mut batch = Batch::new();
+        batch.put_desired(SECRETS, u64::from(id.0), &sealed);
+        batch.put_desired(AGENTS, u64::from(id.0), &record);
+        if let Some(text) = record.config_text() {
+            batch.put_desired(CONFIGS, config_key(id, record.version.config), &text);
+        }
+        let previous_secrets = self.secrets.insert(id, sealed);
+        let previous = self.remember(&record);
+        if let Err(error) = self.apply(Input::UpdateAgent(record.spec()), batch) {
+            self.forget(&record, previous);
+            match previous_secrets {
+                Some(secrets) => self.secrets.insert(id, secrets),
+                None => self.secrets.remove(&id),
+            };
+            return Err(error.into());
+        }
+        Ok(())
+    }
+
+    /// The names of an agent's secrets; never their values.
+    pub fn secret_names(&self, tenant: u32, name: &str) -> Result<Vec<String>, ApiError> {
+        let id = self.id_of(tenant, name)?;
+        Ok(self
+            .secrets
+            .get(&id)
+            .map(|s| s.keys().cloned().collect())
+            .unwrap_or_default())
     }
 }

@@ -56,6 +56,8 @@ pub struct ProcessDriver {
     reports: mpsc::Sender<Report>,
     /// Port slot of each live pod.
     ports: BTreeMap<(AgentId, Instance), u16>,
+    /// Pods being stopped on purpose: their supervisors' ends are not losses.
+    stopping: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<(AgentId, Instance)>>>,
 }
 
 impl ProcessDriver {
@@ -75,6 +77,7 @@ impl ProcessDriver {
             settings,
             reports,
             ports: BTreeMap::new(),
+            stopping: Default::default(),
         })
     }
 
@@ -131,6 +134,7 @@ impl ProcessDriver {
         instance: Instance,
         config_text: Option<String>,
         snapshot: Option<SnapshotId>,
+        secrets: Vec<(String, String)>,
     ) {
         let dir = self.pod_dir(record.id, instance);
         let port = match self.port_for(record.id, instance) {
@@ -141,7 +145,10 @@ impl ProcessDriver {
                 return;
             }
         };
-        match self.lay_out(&dir, record, instance, port, config_text, snapshot) {
+        let laid_out = self
+            .lay_out(&dir, record, instance, port, config_text, snapshot)
+            .and_then(|()| write_secrets(&dir, &secrets));
+        match laid_out {
             Ok(()) => {}
             Err(error) => {
                 tracing::error!(agent = %record.id, %instance, %error, "cannot lay out the pod");
@@ -256,6 +263,7 @@ impl ProcessDriver {
         let client = PodClient::new(self.pod_dir(agent, instance));
         let reports = self.reports.clone();
         let cgroup = self.cgroup_of(agent, instance);
+        let stopping = self.stopping.clone();
         tokio::spawn(async move {
             let mut after = after;
             let mut unreachable_since: Option<tokio::time::Instant> = None;
@@ -305,6 +313,13 @@ impl ProcessDriver {
                     // has not written it yet may still be starting.
                     let started = client.dir().pid().exists();
                     let waited = since.elapsed() > SUPERVISOR_START_GRACE;
+                    let stopped = stopping
+                        .lock()
+                        .expect("the stopping set's lock")
+                        .contains(&(agent, instance));
+                    if stopped {
+                        return;
+                    }
                     if (started || waited) && !supervisor_alive(client.dir()) {
                         if let Some(cgroup) = &cgroup {
                             let _ = cgroup.kill_all();
@@ -336,6 +351,11 @@ impl ProcessDriver {
         let cgroup = self.cgroup_of(agent, instance);
         let reports = self.reports.clone();
         let grace = self.settings.grace;
+        let stopping = self.stopping.clone();
+        stopping
+            .lock()
+            .expect("the stopping set's lock")
+            .insert((agent, instance));
         // The port stays the pod's until the stop has finished: see `release_port`.
         tokio::spawn(async move {
             if dir.root().exists() {
@@ -367,6 +387,10 @@ impl ProcessDriver {
                 .await;
             }
             let _ = std::fs::remove_dir_all(dir.root());
+            stopping
+                .lock()
+                .expect("the stopping set's lock")
+                .remove(&(agent, instance));
             let _ = reports.send(Report::Finished { command, outcome }).await;
         });
     }
@@ -536,6 +560,27 @@ fn kill_supervisor(dir: &PodDir) {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+}
+
+/// Hands the agent's secrets to its pod in a file only the owner reads, which the pod's
+/// supervisor adds to the agent's environment; it goes with the pod.
+fn write_secrets(dir: &PodDir, secrets: &[(String, String)]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = dir.secrets();
+    if secrets.is_empty() {
+        let _ = std::fs::remove_file(&path);
+        return Ok(());
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?;
+    file.write_all(&serde_json::to_vec(secrets)?)?;
+    file.sync_all()?;
+    Ok(())
 }
 
 /// Pod directories hold the agent's secrets and state: owner only.

@@ -12,6 +12,7 @@ mod driver;
 mod feed;
 mod reports;
 mod restart;
+mod secrets;
 mod tenants;
 
 use super::EXIT_BAD_INPUT;
@@ -94,7 +95,9 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         Some(bytes) => bytes.0,
         None => machine_memory_bytes()?,
     };
-    let mut daemon = Daemon::open(store, config.policy.clone(), memory, driver)?;
+    let vault = secrets::Vault::open_or_create(&config.api.secrets_key_file)
+        .map_err(|message| anyhow::anyhow!(message))?;
+    let mut daemon = Daemon::open(store, config.policy.clone(), memory, driver, vault)?;
     if let Some(dropped) = &daemon.replayed.dropped {
         eprintln!("carapace serve: WARNING: the journal was cut short: {dropped}");
     }
@@ -194,6 +197,19 @@ fn answer(daemon: &mut Daemon, caller: Caller, request: Request) -> api::Answer 
         Request::Delete { tenant, name } => {
             daemon.remove(tenant, &name)?;
             Ok(json!({ "removed": name }))
+        }
+        Request::Secrets { tenant, name } => {
+            Ok(json!({ "secrets": daemon.secret_names(tenant, &name)? }))
+        }
+        Request::SetSecret {
+            tenant,
+            name,
+            secret,
+            value,
+        } => {
+            let set = value.is_some();
+            daemon.set_secret(tenant, &name, &secret, value.as_deref())?;
+            Ok(json!({ "secret": secret, "set": set }))
         }
         Request::Events { after } => {
             let events: Vec<_> = daemon
