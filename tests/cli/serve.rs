@@ -1233,3 +1233,82 @@ fn a_secret_reaches_its_agent_only_and_no_byte_written_anywhere_else_holds_it() 
     );
     served.launch();
 }
+
+#[test]
+fn a_tenant_over_its_rate_or_its_quota_gets_429_with_retry_after_and_no_other_tenant_waits() {
+    let scratch = Scratch::new("serve-limits");
+    let ports = port_block();
+    let pods = format!(
+        "port_base = {}\nport_stride = 1\nmax_pods = 30\n{TEST_PODS}",
+        ports + 1
+    );
+    let api = "tenant_requests_per_second = 2.0\ntenant_burst = 5";
+    let served = Served::start_full(&scratch, ports, api, &pods, TEST_POLICY);
+    let tenant = |id: u32, quota: Value| {
+        let body = json!({"id": id, "name": format!("t{id}"), "quota": quota});
+        let (status, created) = served.request("POST", "/v1/tenants", Some(&body), None);
+        assert_eq!(status, 201, "{created}");
+        created["token"].as_str().expect("a token").to_owned()
+    };
+    let busy = tenant(1, json!({"max_agents": 1, "max_memory_bytes": 300_000_000}));
+    let calm = tenant(2, json!({}));
+
+    let statuses: Vec<u16> = (0..12)
+        .map(|_| served.request("GET", "/v1/agents", None, Some(&busy)).0)
+        .collect();
+    assert!(
+        statuses[..5].iter().all(|s| *s == 200),
+        "the burst passes: {statuses:?}"
+    );
+    assert!(statuses.contains(&429), "then the rate binds: {statuses:?}");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let response = agent
+        .get(&format!("{}/v1/agents", served.base_url))
+        .header("Authorization", &format!("Bearer {busy}"))
+        .call()
+        .expect("a response");
+    assert_eq!(response.status().as_u16(), 429);
+    let retry: u64 = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("a Retry-After in seconds");
+    assert!((1..=5).contains(&retry), "{retry}");
+    for _ in 0..5 {
+        assert_eq!(
+            served.request("GET", "/v1/agents", None, Some(&calm)).0,
+            200,
+            "another tenant is not slowed by the busy one"
+        );
+    }
+    for _ in 0..20 {
+        assert_eq!(
+            served.request("GET", "/v1/agents", None, None).0,
+            200,
+            "the admin is not limited"
+        );
+    }
+
+    // Quotas, as the admin acts for the busy tenant (the rate binds tenants' tokens only).
+    let create = |name: &str, limit: &str| {
+        let body = served.agent_body(name, json!({"tenant": 1, "memory_limit": limit}));
+        served.request("POST", "/v1/agents", Some(&body), None)
+    };
+    let (status, body) = create("big", "400MiB");
+    assert_eq!(status, 429, "over the memory quota: {body}");
+    assert!(body["error"].as_str().unwrap().contains("quota"), "{body}");
+    let (status, body) = create("one", "128MiB");
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = create("two", "16MiB");
+    assert_eq!(status, 429, "over the agent quota: {body}");
+    let listed = served.api("GET", "/v1/agents?tenant=1", None);
+    assert_eq!(
+        listed["agents"].as_array().unwrap().len(),
+        1,
+        "nothing half-applied"
+    );
+}

@@ -4,7 +4,7 @@
 
 use super::agents::AgentRequest;
 use super::daemon::ApiError;
-use super::tenants::{Caller, Keys, TenantRequest};
+use super::tenants::{Caller, Keys, RateLimits, TenantRequest};
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Extension, Path, Query, Request as HttpRequest, State};
@@ -69,14 +69,21 @@ struct AppState {
     requests: mpsc::Sender<Envelope>,
     admin_token: Arc<String>,
     keys: Keys,
+    limits: RateLimits,
 }
 
 /// Every route, with the token check in front of all but `/healthz`.
-pub fn router(requests: mpsc::Sender<Envelope>, admin_token: String, keys: Keys) -> Router {
+pub fn router(
+    requests: mpsc::Sender<Envelope>,
+    admin_token: String,
+    keys: Keys,
+    limits: RateLimits,
+) -> Router {
     let state = AppState {
         requests,
         admin_token: Arc::new(admin_token),
         keys,
+        limits,
     };
     let guarded = Router::new()
         .route("/v1/agents", get(list_agents).post(create_agent))
@@ -124,6 +131,11 @@ async fn authorize(
             state.keys.tenant_of(token).map(Caller::Tenant)
         }
     });
+    if let Some(Caller::Tenant(tenant)) = caller
+        && let Err(retry_after_s) = state.limits.take(tenant)
+    {
+        return too_many("rate: this tenant is over its request rate", retry_after_s);
+    }
     match caller {
         Some(caller) => {
             request.extensions_mut().insert(caller);
@@ -166,12 +178,28 @@ async fn ask(state: &AppState, caller: Caller, request: Request) -> Response {
     }
 }
 
+fn too_many(message: &str, retry_after_s: u64) -> Response {
+    let mut response = error(StatusCode::TOO_MANY_REQUESTS, message);
+    if let Ok(value) = header::HeaderValue::from_str(&retry_after_s.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
 fn api_error(api: ApiError) -> Response {
+    if let ApiError::TooMany {
+        message,
+        retry_after_s,
+    } = &api
+    {
+        return too_many(message, *retry_after_s);
+    }
     let status = match &api {
         ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
         ApiError::NotFound(_) => StatusCode::NOT_FOUND,
         ApiError::Conflict(_) => StatusCode::CONFLICT,
         ApiError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        ApiError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
     };
     error(status, &api.to_string())
 }

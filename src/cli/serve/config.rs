@@ -38,6 +38,13 @@ pub struct ApiConfig {
     /// The key secrets are sealed with (32 bytes, mode 0600; created when missing). Relative
     /// to data_dir.
     pub secrets_key_file: PathBuf,
+    /// Serve on a non-loopback address although the API has no TLS. A risky knob, named as
+    /// such: tokens and secrets then cross the network in clear.
+    pub risk_serving_tokens_in_clear_on_a_public_address: bool,
+    /// Requests per second each tenant may make (a token bucket of `tenant_burst`); beyond
+    /// it, 429 with Retry-After. The admin is not limited.
+    pub tenant_requests_per_second: f64,
+    pub tenant_burst: u32,
 }
 
 impl Default for ApiConfig {
@@ -48,6 +55,9 @@ impl Default for ApiConfig {
             alerts_file: PathBuf::from("alerts.jsonl"),
             alert_webhook: None,
             secrets_key_file: PathBuf::from("secrets.key"),
+            risk_serving_tokens_in_clear_on_a_public_address: false,
+            tenant_requests_per_second: 50.0,
+            tenant_burst: 100,
         }
     }
 }
@@ -132,6 +142,14 @@ pub fn load(path: &Path) -> Result<ServeConfig, String> {
         .policy
         .validate()
         .map_err(|e| format!("{}: field `policy`: {e}", path.display()))?;
+    let rate = config.api.tenant_requests_per_second;
+    if !(rate.is_finite() && rate > 0.0 && rate <= 1e6) || config.api.tenant_burst == 0 {
+        return Err(format!(
+            "{}: field `api.tenant_requests_per_second`: must be above 0 and at most 1e6, with \
+             tenant_burst at least 1",
+            path.display()
+        ));
+    }
     if config.pods.port_stride == 0 || config.pods.max_pods == 0 {
         return Err(format!(
             "{}: field `pods`: port_stride and max_pods must be at least 1",

@@ -397,6 +397,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("the engine refused: {0}")]
     Refused(String),
+    /// Over a quota or a rate: 429, with when to try again.
+    #[error("{message}")]
+    TooMany { message: String, retry_after_s: u64 },
 }
 
 impl From<ApplyError> for ApiError {

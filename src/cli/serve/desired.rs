@@ -20,6 +20,7 @@ impl Daemon {
                 request.name
             )));
         }
+        self.check_quota(&request)?;
         let id = self.next_agent_id();
         let record = AgentRecord {
             id,
@@ -156,6 +157,7 @@ impl Daemon {
             id: request.id,
             name: request.name,
             token_blake3: super::tenants::hash(&token),
+            quota: request.quota,
         };
         let mut batch = Batch::new();
         batch.put_desired(super::tenants::TENANTS, u64::from(record.id), &record);
@@ -261,5 +263,40 @@ impl Daemon {
             .get(&id)
             .map(|s| s.keys().cloned().collect())
             .unwrap_or_default())
+    }
+
+    /// A new agent must fit its tenant's quota.
+    fn check_quota(&self, request: &AgentRequest) -> Result<(), ApiError> {
+        let Some(quota) = self.tenants.get(&request.tenant).map(|t| t.quota) else {
+            return Ok(());
+        };
+        let own = || {
+            self.agents
+                .values()
+                .filter(|a| a.request.tenant == request.tenant)
+        };
+        let over = |message: String| ApiError::TooMany {
+            message,
+            // Nothing but a removal frees a quota: a retry waits for an operator.
+            retry_after_s: 60,
+        };
+        if let Some(max) = quota.max_agents
+            && own().count() as u64 >= u64::from(max)
+        {
+            return Err(over(format!(
+                "quota: tenant {} may hold {max} agents",
+                request.tenant
+            )));
+        }
+        if let Some(max) = quota.max_memory_bytes {
+            let held: u64 = own().map(|a| a.request.memory_limit.0).sum();
+            if held.saturating_add(request.memory_limit.0) > max {
+                return Err(over(format!(
+                    "quota: tenant {} may hold {max} bytes of memory limits ({held} held)",
+                    request.tenant
+                )));
+            }
+        }
+        Ok(())
     }
 }

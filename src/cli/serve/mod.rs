@@ -44,13 +44,22 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     };
     if !config.api.listen.ip().is_loopback() {
+        if !config.api.risk_serving_tokens_in_clear_on_a_public_address {
+            eprintln!(
+                "carapace serve: {}: field `api.listen`: {} is not a loopback address; the API \
+                 has no TLS, so tokens and secrets would cross the network in clear. Serve on \
+                 loopback behind a TLS proxy, or set \
+                 api.risk_serving_tokens_in_clear_on_a_public_address = true",
+                args.config.display(),
+                config.api.listen
+            );
+            return Ok(ExitCode::from(EXIT_BAD_INPUT));
+        }
         eprintln!(
-            "carapace serve: {}: field `api.listen`: {} is not a loopback address; the API \
-             has no TLS yet, so it serves loopback only",
-            args.config.display(),
+            "carapace serve: WARNING: serving {} without TLS: tokens and secrets cross the \
+             network in clear",
             config.api.listen
         );
-        return Ok(ExitCode::from(EXIT_BAD_INPUT));
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -116,7 +125,11 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     std::fs::write(config.data_dir.join("serve.json"), about.to_string())?;
     // Tests and scripts wait for this line: the API answers from here on.
     println!("carapace serve: listening on http://{address}");
-    let app = api::router(requests_tx, token, daemon.keys.clone());
+    let limits = tenants::RateLimits::new(
+        config.api.tenant_requests_per_second,
+        config.api.tenant_burst,
+    );
+    let app = api::router(requests_tx, token, daemon.keys.clone(), limits);
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
             tracing::error!(%error, "the API server stopped");

@@ -49,6 +49,19 @@ pub struct TenantRecord {
     pub name: String,
     /// blake3 of the token, hex.
     pub token_blake3: String,
+    #[serde(default)]
+    pub quota: Quota,
+}
+
+/// What one tenant may hold; `None` is no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    #[serde(default)]
+    pub max_agents: Option<u32>,
+    /// The sum of the agents' memory limits.
+    #[serde(default)]
+    pub max_memory_bytes: Option<u64>,
 }
 
 /// The body of `POST /v1/tenants`.
@@ -57,6 +70,8 @@ pub struct TenantRecord {
 pub struct TenantRequest {
     pub id: u32,
     pub name: String,
+    #[serde(default)]
+    pub quota: Quota,
 }
 
 impl TenantRequest {
@@ -105,4 +120,38 @@ impl Keys {
 
 pub fn hash(token: &str) -> String {
     blake3::hash(token.as_bytes()).to_hex().to_string()
+}
+
+/// Per-tenant token buckets: a tenant over its rate gets 429 at once, and no other tenant
+/// waits for it.
+#[derive(Clone, Debug)]
+pub struct RateLimits {
+    per_second: f64,
+    burst: f64,
+    buckets: Arc<std::sync::Mutex<BTreeMap<u32, (f64, std::time::Instant)>>>,
+}
+
+impl RateLimits {
+    pub fn new(per_second: f64, burst: u32) -> RateLimits {
+        RateLimits {
+            per_second,
+            burst: f64::from(burst),
+            buckets: Arc::default(),
+        }
+    }
+
+    /// Takes one request's token; when none is left, the whole seconds until one is.
+    pub fn take(&self, tenant: u32) -> Result<(), u64> {
+        let now = std::time::Instant::now();
+        let mut buckets = self.buckets.lock().expect("the rate table's lock");
+        let (tokens, last) = buckets.entry(tenant).or_insert((self.burst, now));
+        *tokens =
+            (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second).min(self.burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            return Ok(());
+        }
+        Err(((1.0 - *tokens) / self.per_second).ceil().max(1.0) as u64)
+    }
 }
