@@ -1045,7 +1045,21 @@ fn a_tenant_sees_its_own_agents_only_and_a_foreign_one_answers_as_missing() {
             "{method} {path}: a foreign agent answers exactly as a missing one"
         );
     }
-    for path in ["/v1/nodes", "/metrics", "/v1/tenants"] {
+    let metrics = served.request("GET", "/metrics", None, Some(globex)).1;
+    let metrics = metrics.as_str().expect("metrics text");
+    assert!(
+        !metrics.contains("tenant=\"1\"") && !metrics.contains("shared-name"),
+        "a tenant's metrics hold only its own series: {metrics}"
+    );
+    assert!(!metrics.contains("carapace_journal_records"), "{metrics}");
+    let acme_metrics = served.request("GET", "/metrics", None, Some(acme)).1;
+    assert!(
+        acme_metrics
+            .as_str()
+            .is_some_and(|m| m.contains("carapace_agent_up{tenant=\"1\",agent=\"shared-name\"} 1")),
+        "{acme_metrics}"
+    );
+    for path in ["/v1/nodes", "/v1/tenants"] {
         let (status, body) = served.request("GET", path, None, Some(globex));
         let (_, fallback) = served.request("GET", "/no/such/route", None, Some(globex));
         assert_eq!(status, 404, "{path}");
@@ -1310,5 +1324,61 @@ fn a_tenant_over_its_rate_or_its_quota_gets_429_with_retry_after_and_no_other_te
         listed["agents"].as_array().unwrap().len(),
         1,
         "nothing half-applied"
+    );
+}
+
+#[test]
+fn a_tenant_streams_its_own_events_live_and_none_of_another_tenant() {
+    use std::io::{Read, Write};
+    let scratch = Scratch::new("serve-stream");
+    let served = Served::start(&scratch);
+    let token = |id: u32| {
+        let body = json!({"id": id, "name": format!("t{id}")});
+        served.request("POST", "/v1/tenants", Some(&body), None).1["token"]
+            .as_str()
+            .expect("a token")
+            .to_owned()
+    };
+    let (acme, globex) = (token(1), token(2));
+    let address = served.base_url.trim_start_matches("http://").to_owned();
+    let mut stream = std::net::TcpStream::connect(&address).expect("connect");
+    write!(
+        stream,
+        "GET /v1/events/stream HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {acme}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .expect("send the request");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("a read timeout");
+    let create = |name: &str, token: &str| {
+        let body = served.agent_body(name, json!({}));
+        let (status, view) = served.request("POST", "/v1/agents", Some(&body), Some(token));
+        assert_eq!(status, 201, "{view}");
+    };
+    create("globex-agent", &globex);
+    create("acme-agent", &acme);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = String::new();
+    let mut buffer = [0u8; 4096];
+    while !(seen.contains("event: ready") && seen.contains("acme-agent")) {
+        assert!(
+            Instant::now() < deadline,
+            "acme's agent's readiness never streamed: {seen}"
+        );
+        match stream.read(&mut buffer) {
+            Ok(0) => panic!("the stream closed: {seen}"),
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buffer[..n])),
+            Err(_) => {}
+        }
+    }
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(seen.contains("text/event-stream"), "{seen}");
+    assert!(
+        seen.contains("event: start"),
+        "decisions stream too: {seen}"
+    );
+    assert!(
+        !seen.contains("globex-agent"),
+        "another tenant's events never stream: {seen}"
     );
 }

@@ -4,6 +4,7 @@
 
 use super::agents::AgentRequest;
 use super::daemon::ApiError;
+use super::feed::FeedEntry;
 use super::tenants::{Caller, Keys, RateLimits, TenantRequest};
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
@@ -70,6 +71,7 @@ struct AppState {
     admin_token: Arc<String>,
     keys: Keys,
     limits: RateLimits,
+    feed: tokio::sync::broadcast::Sender<FeedEntry>,
 }
 
 /// Every route, with the token check in front of all but `/healthz`.
@@ -78,12 +80,14 @@ pub fn router(
     admin_token: String,
     keys: Keys,
     limits: RateLimits,
+    feed: tokio::sync::broadcast::Sender<FeedEntry>,
 ) -> Router {
     let state = AppState {
         requests,
         admin_token: Arc::new(admin_token),
         keys,
         limits,
+        feed,
     };
     let guarded = Router::new()
         .route("/v1/agents", get(list_agents).post(create_agent))
@@ -98,6 +102,7 @@ pub fn router(
             axum::routing::put(put_secret).delete(delete_secret),
         )
         .route("/v1/events", get(events))
+        .route("/v1/events/stream", get(stream_events))
         .route("/v1/alerts", get(alerts))
         .route("/v1/nodes", get(nodes))
         .route("/metrics", get(metrics))
@@ -393,6 +398,40 @@ async fn events(
         Ok(Query(After { after })) => ask(&state, caller, Request::Events { after }).await,
         Err(rejection) => error(StatusCode::BAD_REQUEST, &rejection.body_text()),
     }
+}
+
+/// The event feed as server-sent events, live: each entry the caller may see, as it happens.
+/// A client too slow to keep up is told how many it missed, and can read them from
+/// `/v1/events`.
+async fn stream_events(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+    let receiver = state.feed.subscribe();
+    let stream = futures_util::stream::unfold(receiver, move |mut receiver| async move {
+        loop {
+            let event = match receiver.recv().await {
+                Ok(entry)
+                    if caller == Caller::Admin || entry.tenant.is_some_and(|t| caller.sees(t)) =>
+                {
+                    Event::default().event(entry.event).json_data(&entry)
+                }
+                Ok(_) => continue,
+                Err(RecvError::Lagged(missed)) => {
+                    Ok(Event::default().event("lagged").data(missed.to_string()))
+                }
+                Err(RecvError::Closed) => return None,
+            };
+            if let Ok(event) = event {
+                return Some((Ok::<_, std::convert::Infallible>(event), receiver));
+            }
+        }
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 async fn alerts(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Response {

@@ -29,6 +29,8 @@ pub(super) const CURSORS: &str = "cursor";
 /// Bounds on what the daemon keeps in memory for the API.
 pub(super) const MAX_ALERTS: usize = 1_000;
 pub(super) const MAX_EVENTS: usize = 10_000;
+/// Entries a slow event-stream client may fall behind by before it is told it lagged.
+const FEED_STREAM_BACKLOG: usize = 1_024;
 
 /// How far the daemon has read one pod's events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +74,8 @@ pub struct Daemon {
     /// The last process each agent's pod spawned, for operators and chaos.
     pub agent_pids: BTreeMap<AgentId, (Instance, u32)>,
     pub feed: VecDeque<FeedEntry>,
+    /// Each new feed entry, for the API's event streams.
+    pub feed_live: tokio::sync::broadcast::Sender<FeedEntry>,
     pub(super) feed_seq: u64,
     pub replayed: Replayed,
     pub journal_records: u64,
@@ -116,6 +120,7 @@ impl Daemon {
             alerts: VecDeque::new(),
             agent_pids: BTreeMap::new(),
             feed: VecDeque::new(),
+            feed_live: tokio::sync::broadcast::channel(FEED_STREAM_BACKLOG).0,
             feed_seq: 0,
             replayed: Replayed::default(),
             journal_records: 0,
@@ -285,7 +290,7 @@ impl Daemon {
         let record = agent.and_then(|a| self.agents.get(&a));
         let tenant = record.map(|r| r.request.tenant);
         let agent = agent.map(|a| record.map_or_else(|| a.to_string(), |r| r.request.name.clone()));
-        self.feed.push_back(FeedEntry {
+        let entry = FeedEntry {
             seq: self.feed_seq,
             at_ms: at.0,
             agent,
@@ -293,7 +298,10 @@ impl Daemon {
             kind,
             event,
             what,
-        });
+        };
+        // No subscriber is no error: streams come and go.
+        let _ = self.feed_live.send(entry.clone());
+        self.feed.push_back(entry);
     }
 
     /// Carries one command out through the driver.

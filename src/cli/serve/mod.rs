@@ -129,7 +129,13 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         config.api.tenant_requests_per_second,
         config.api.tenant_burst,
     );
-    let app = api::router(requests_tx, token, daemon.keys.clone(), limits);
+    let app = api::router(
+        requests_tx,
+        token,
+        daemon.keys.clone(),
+        limits,
+        daemon.feed_live.clone(),
+    );
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
             tracing::error!(%error, "the API server stopped");
@@ -169,7 +175,7 @@ fn answer(daemon: &mut Daemon, caller: Caller, request: Request) -> api::Answer 
     // Fleet-wide routes are the admin's; to a tenant they do not exist.
     let admin_only = matches!(
         request,
-        Request::Nodes | Request::Metrics | Request::Tenants | Request::CreateTenant(_)
+        Request::Nodes | Request::Tenants | Request::CreateTenant(_)
     );
     if admin_only && caller != Caller::Admin {
         return Err(ApiError::NotFound("no such route".into()));
@@ -249,7 +255,7 @@ fn answer(daemon: &mut Daemon, caller: Caller, request: Request) -> api::Answer 
                 .ok_or_else(|| ApiError::NotFound("the local node has not joined".into()))?;
             Ok(json!({ "nodes": [{ "id": LOCAL_NODE.0, "memory": node }] }))
         }
-        Request::Metrics => Ok(Value::String(metrics(daemon))),
+        Request::Metrics => Ok(Value::String(metrics(daemon, caller))),
         Request::Tenants => {
             let tenants: Vec<Value> = daemon
                 .tenants
@@ -344,9 +350,16 @@ fn alert_view(daemon: &Daemon, post_mortem: &carapace_engine::PostMortem) -> Val
 }
 
 /// Prometheus text: fleet state by status, the ladder, the journal, the cgroup guard.
-fn metrics(daemon: &Daemon) -> String {
+/// Prometheus text for `caller`: the fleet-wide series for the admin, and per tenant and per
+/// agent the ones the caller may see. Labels are bounded by the tenants and agents that exist
+/// (both capped), never by anything a client sends.
+fn metrics(daemon: &Daemon, caller: Caller) -> String {
     use std::fmt::Write as _;
     let mut text = String::new();
+    tenant_metrics(daemon, caller, &mut text);
+    if caller != Caller::Admin {
+        return text;
+    }
     let mut by_status = std::collections::BTreeMap::new();
     for id in daemon.agents.keys() {
         if let Some(view) = daemon.controller.agent(*id) {
@@ -430,6 +443,58 @@ fn metrics(daemon: &Daemon) -> String {
     let _ = writeln!(text, "# TYPE carapace_memory_limits_enforced gauge");
     let _ = writeln!(text, "carapace_memory_limits_enforced {enforced}");
     text
+}
+
+fn tenant_metrics(daemon: &Daemon, caller: Caller, text: &mut String) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        text,
+        "# HELP carapace_tenant_agents Desired agents by tenant and status."
+    );
+    let _ = writeln!(text, "# TYPE carapace_tenant_agents gauge");
+    let mut counts: std::collections::BTreeMap<(u32, String), u64> = Default::default();
+    let mut agents = Vec::new();
+    for record in daemon
+        .agents
+        .values()
+        .filter(|r| caller.sees(r.request.tenant))
+    {
+        let Some(view) = daemon.controller.agent(record.id) else {
+            continue;
+        };
+        let status = serde_json::to_value(view.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        *counts
+            .entry((record.request.tenant, status.clone()))
+            .or_default() += 1;
+        agents.push((
+            record.request.tenant,
+            &record.request.name,
+            status,
+            view.rung,
+        ));
+    }
+    for ((tenant, status), count) in &counts {
+        let _ = writeln!(
+            text,
+            "carapace_tenant_agents{{tenant=\"{tenant}\",status=\"{status}\"}} {count}"
+        );
+    }
+    let _ = writeln!(
+        text,
+        "# HELP carapace_agent_up 1 when the agent runs with no incident open."
+    );
+    let _ = writeln!(text, "# TYPE carapace_agent_up gauge");
+    for (tenant, name, status, rung) in agents {
+        // Names are checked on creation to [A-Za-z0-9._-]: safe inside a label.
+        let up = u8::from(status == "running" && rung.is_none());
+        let _ = writeln!(
+            text,
+            "carapace_agent_up{{tenant=\"{tenant}\",agent=\"{name}\"}} {up}"
+        );
+    }
 }
 
 /// Appends post-mortems raised since the last call to the alerts file, as JSON lines, and
