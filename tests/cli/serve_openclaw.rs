@@ -144,7 +144,8 @@ fn gateway(name: &str, openclaw: &Path, node_bin: &Path, llm_port: u16) -> Value
         "probe": "http://127.0.0.1:{port}/readyz",
         "validate": [openclaw, "config", "validate", "--json"],
         "config": {
-            "gateway": { "mode": "local", "bind": "loopback", "port": 18_000,
+            // Derived ports (up to +110) are computed from this one: each gateway its own.
+            "gateway": { "mode": "local", "bind": "loopback", "port": "{port}",
                          "auth": { "mode": "token", "token": "{token}" },
                          "controlUi": { "enabled": false } },
             "update": { "checkOnStart": false },
@@ -249,10 +250,11 @@ fn gateways(served: &Served) -> Vec<u32> {
         .collect()
 }
 
-/// A rendered config less what each instance gets afresh: its token and its pod's paths.
+/// A rendered config less what each instance gets afresh: its token, port and pod's paths.
 fn without_instance_values(text: &str) -> Value {
     let mut config: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
     config["gateway"]["auth"]["token"] = Value::Null;
+    config["gateway"]["port"] = Value::Null;
     config["logging"]["file"] = Value::Null;
     config
 }

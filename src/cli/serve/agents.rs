@@ -188,6 +188,34 @@ impl Rendered {
         }
     }
 
+    /// The config file's text: placeholders filled in inside every string, and a string that
+    /// is exactly `"{port}"` made the port number (configs want a number there).
+    pub fn config(&self, text: &str) -> String {
+        let Ok(mut value) = serde_json::from_str::<serde_json::Value>(text) else {
+            return self.text(text);
+        };
+        self.fill(&mut value);
+        serde_json::to_string_pretty(&value).expect("a JSON value serialises")
+    }
+
+    fn fill(&self, value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::String(text) if text == "{port}" => {
+                let port = self
+                    .values
+                    .iter()
+                    .find(|(key, _)| *key == "{port}")
+                    .and_then(|(_, port)| port.parse::<u16>().ok())
+                    .expect("a port is always rendered");
+                *value = serde_json::Value::from(port);
+            }
+            serde_json::Value::String(text) => *text = self.text(text),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|item| self.fill(item)),
+            serde_json::Value::Object(map) => map.values_mut().for_each(|item| self.fill(item)),
+            _ => {}
+        }
+    }
+
     pub fn text(&self, template: &str) -> String {
         let mut text = template.to_owned();
         for (key, value) in &self.values {
@@ -283,6 +311,13 @@ mod tests {
         let rendered = Rendered::new(&record, Instance(2), 28_800, &dir);
         assert_eq!(rendered.text("{agent}/{instance}:{port}"), "7/2:28800");
         assert_eq!(rendered.text("{state}"), "/pods/7/2/state");
+        let config =
+            rendered.config(r#"{"port": "{port}", "log": "{pod}/x.log", "n": ["{agent}", 3]}"#);
+        let config: serde_json::Value = serde_json::from_str(&config).expect("JSON");
+        assert_eq!(
+            config,
+            serde_json::json!({"port": 28_800, "log": "/pods/7/2/x.log", "n": ["7", 3]})
+        );
         let token = rendered.text("{token}");
         assert_eq!(token.len(), 32);
         assert_eq!(rendered.text("{token}"), token, "one token per instance");

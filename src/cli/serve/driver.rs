@@ -185,7 +185,7 @@ impl ProcessDriver {
         }
         let rendered = Rendered::new(record, instance, port, dir);
         if let Some(text) = config_text {
-            std::fs::write(dir.config(), rendered.text(&text))?;
+            std::fs::write(dir.config(), rendered.config(&text))?;
         }
         let cgroup = match &self.cgroups {
             Ok(cgroups) => {
