@@ -235,6 +235,27 @@ fn tenant_of(caller: Caller, scope: Scoped) -> Result<u32, String> {
     }
 }
 
+/// Asks the daemon about an agent (or its parts) named in the caller's namespace.
+async fn ask_scoped(
+    state: &AppState,
+    caller: Caller,
+    scope: Scoped,
+    request: impl FnOnce(u32) -> Request,
+) -> Response {
+    match tenant_of(caller, scope) {
+        Ok(tenant) => ask(state, caller, request(tenant)).await,
+        Err(message) => error(StatusCode::BAD_REQUEST, &message),
+    }
+}
+
+/// A successful creation answers 201.
+fn created(mut response: Response) -> Response {
+    if response.status() == StatusCode::OK {
+        *response.status_mut() = StatusCode::CREATED;
+    }
+    response
+}
+
 async fn list_agents(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -248,10 +269,11 @@ async fn show_agent(
     Path(name): Path<String>,
     scope: Scoped,
 ) -> Response {
-    match tenant_of(caller, scope) {
-        Ok(tenant) => ask(&state, caller, Request::Agent { tenant, name }).await,
-        Err(message) => error(StatusCode::BAD_REQUEST, &message),
-    }
+    ask_scoped(&state, caller, scope, |tenant| Request::Agent {
+        tenant,
+        name,
+    })
+    .await
 }
 
 async fn agent_versions(
@@ -260,10 +282,11 @@ async fn agent_versions(
     Path(name): Path<String>,
     scope: Scoped,
 ) -> Response {
-    match tenant_of(caller, scope) {
-        Ok(tenant) => ask(&state, caller, Request::Versions { tenant, name }).await,
-        Err(message) => error(StatusCode::BAD_REQUEST, &message),
-    }
+    ask_scoped(&state, caller, scope, |tenant| Request::Versions {
+        tenant,
+        name,
+    })
+    .await
 }
 
 async fn create_agent(
@@ -272,13 +295,7 @@ async fn create_agent(
     body: Result<axum::Json<AgentRequest>, JsonRejection>,
 ) -> Response {
     match body {
-        Ok(axum::Json(request)) => {
-            let mut response = ask(&state, caller, Request::Create(request)).await;
-            if response.status() == StatusCode::OK {
-                *response.status_mut() = StatusCode::CREATED;
-            }
-            response
-        }
+        Ok(axum::Json(request)) => created(ask(&state, caller, Request::Create(request)).await),
         Err(rejection) => bad_body(rejection),
     }
 }
@@ -317,10 +334,11 @@ async fn delete_agent(
     Path(name): Path<String>,
     scope: Scoped,
 ) -> Response {
-    match tenant_of(caller, scope) {
-        Ok(tenant) => ask(&state, caller, Request::Delete { tenant, name }).await,
-        Err(message) => error(StatusCode::BAD_REQUEST, &message),
-    }
+    ask_scoped(&state, caller, scope, |tenant| Request::Delete {
+        tenant,
+        name,
+    })
+    .await
 }
 
 async fn list_secrets(
@@ -329,10 +347,11 @@ async fn list_secrets(
     Path(name): Path<String>,
     scope: Scoped,
 ) -> Response {
-    match tenant_of(caller, scope) {
-        Ok(tenant) => ask(&state, caller, Request::Secrets { tenant, name }).await,
-        Err(message) => error(StatusCode::BAD_REQUEST, &message),
-    }
+    ask_scoped(&state, caller, scope, |tenant| Request::Secrets {
+        tenant,
+        name,
+    })
+    .await
 }
 
 /// The body is the secret's value, as text; it is never echoed back.
@@ -368,18 +387,13 @@ async fn delete_secret(
     Path((name, secret)): Path<(String, String)>,
     scope: Scoped,
 ) -> Response {
-    match tenant_of(caller, scope) {
-        Ok(tenant) => {
-            let request = Request::SetSecret {
-                tenant,
-                name,
-                secret,
-                value: None,
-            };
-            ask(&state, caller, request).await
-        }
-        Err(message) => error(StatusCode::BAD_REQUEST, &message),
-    }
+    ask_scoped(&state, caller, scope, |tenant| Request::SetSecret {
+        tenant,
+        name,
+        secret,
+        value: None,
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -453,11 +467,7 @@ async fn create_tenant(
 ) -> Response {
     match body {
         Ok(axum::Json(request)) => {
-            let mut response = ask(&state, caller, Request::CreateTenant(request)).await;
-            if response.status() == StatusCode::OK {
-                *response.status_mut() = StatusCode::CREATED;
-            }
-            response
+            created(ask(&state, caller, Request::CreateTenant(request)).await)
         }
         Err(rejection) => bad_body(rejection),
     }
