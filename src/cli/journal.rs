@@ -100,12 +100,25 @@ pub fn recorded_policy(store: &Store) -> anyhow::Result<Option<EngineConfig>> {
         .transpose()?)
 }
 
-/// Every record of the journal from `seq` 1, page by page, until `visit` returns false; the
-/// reason a read stopped early, if it did.
+/// Where a journal read stopped before its end: the first record it could not use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CutShort {
+    pub seq: u64,
+    pub reason: String,
+}
+
+impl std::fmt::Display for CutShort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "journal record {} and after: {}", self.seq, self.reason)
+    }
+}
+
+/// Every record of the journal from `seq` 1, page by page, until `visit` returns false; where
+/// the read stopped early, if it did.
 pub fn for_each_record(
     store: &Store,
     mut visit: impl FnMut(u64, JournalRecord) -> bool,
-) -> anyhow::Result<Option<String>> {
+) -> anyhow::Result<Option<CutShort>> {
     let mut next = 1;
     loop {
         let page = store.read_journal(next, PAGE)?;
@@ -117,10 +130,10 @@ pub fn for_each_record(
             }
         }
         if let Some(dropped) = page.dropped {
-            return Ok(Some(format!(
-                "journal record {} and after: {}",
-                dropped.seq, dropped.reason
-            )));
+            return Ok(Some(CutShort {
+                seq: dropped.seq,
+                reason: dropped.reason.to_string(),
+            }));
         }
         if count < PAGE {
             return Ok(None);

@@ -126,7 +126,7 @@ fn verify(
         "identical": identical,
         "first_divergence": divergence,
         "unrecorded_commands": replayer.unrecorded(),
-        "journal_cut_short": dropped,
+        "journal_cut_short": dropped.as_ref().map(ToString::to_string),
     });
     if json {
         println!("{}", serde_json::to_string_pretty(&result)?);

@@ -6,6 +6,7 @@
 //! | `meta`       | name           | the daemon's own bytes                                 |
 //! | `desired`    | (kind, id)     | JSON of the desired-state record                       |
 //! | `journal`    | sequence (1..) | a [`JournalRecord`] in its envelope                    |
+//! | `set_aside`  | (cut, seq)     | the raw bytes of records cut from the journal's tail   |
 //!
 //! Table names and key and value types are part of [`FORMAT_VERSION`] 1: changing any of them
 //! needs a new format version and a migration.
@@ -25,6 +26,8 @@ const STORE_INFO: TableDefinition<&str, &[u8]> = TableDefinition::new("store_inf
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const DESIRED: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("desired");
 const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
+/// Added to format 1 without changing it: a release that does not know it never opens it.
+const SET_ASIDE: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("set_aside");
 
 const FORMAT_VERSION_KEY: &str = "format_version";
 const EPOCH_KEY: &str = "epoch_unix_ms";
@@ -162,6 +165,55 @@ impl Store {
         txn.commit().map_err(self.fail("commit"))?;
         self.last_seq = end - 1;
         Ok(CommitInfo { seqs: first..end })
+    }
+
+    /// Moves every journal record from `from_seq` on out of the journal, into a table of its
+    /// own where its bytes are kept for a human to look at, and returns how many moved. A
+    /// replay stops at a record it cannot read; records appended after it would never be
+    /// replayed, so a daemon sets the unreadable tail aside before it appends again.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] if the file cannot be written; nothing moves then.
+    pub fn set_aside_journal_from(&mut self, from_seq: u64) -> Result<u64, StoreError> {
+        let from = from_seq.max(1);
+        let txn = self.db.begin_write().map_err(self.fail("begin write"))?;
+        let moved = {
+            let mut journal = txn.open_table(JOURNAL).map_err(self.fail("open journal"))?;
+            let mut aside = txn
+                .open_table(SET_ASIDE)
+                .map_err(self.fail("open set_aside"))?;
+            // Each cut is numbered by how many records the journal held: two cuts never
+            // share keys.
+            let cut = self.last_seq;
+            let mut moved = 0u64;
+            let tail: Vec<(u64, Vec<u8>)> = journal
+                .range(from..)
+                .map_err(self.fail("read journal"))?
+                .map(|entry| entry.map(|(k, v)| (k.value(), v.value().to_vec())))
+                .collect::<Result<_, _>>()
+                .map_err(self.fail("read journal"))?;
+            for (seq, bytes) in tail {
+                aside
+                    .insert((cut, seq), bytes.as_slice())
+                    .map_err(self.fail("set a record aside"))?;
+                journal.remove(seq).map_err(self.fail("cut the journal"))?;
+                moved += 1;
+            }
+            moved
+        };
+        txn.commit().map_err(self.fail("commit"))?;
+        self.last_seq = self.last_seq.min(from - 1);
+        Ok(moved)
+    }
+
+    /// Records set aside by [`set_aside_journal_from`](Self::set_aside_journal_from), ever.
+    pub fn set_aside_len(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(self.fail("begin read"))?;
+        match txn.open_table(SET_ASIDE) {
+            Ok(table) => table.len().map_err(self.fail("count set_aside")),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(error) => Err(self.fail("open set_aside")(error)),
+        }
     }
 
     /// Reads up to `limit` journal records from sequence number `from_seq` (1 is the first).

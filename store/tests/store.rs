@@ -371,6 +371,36 @@ fn a_corrupt_record_ends_the_read_at_the_last_valid_one() {
 }
 
 #[test]
+fn an_unreadable_tail_set_aside_lets_new_records_follow_the_valid_prefix() {
+    let dir = TempDir::new("set-aside");
+    let path = dir.file("store.redb");
+    let valid = JournalRecord::new(Millis(7), JournalEntry::Timeout)
+        .encode()
+        .unwrap();
+    store_with_raw_records(&path, &timeouts(5), &[(6, b"\x00garbage"), (7, &valid)]);
+
+    let mut store = Store::open(&path, 0).unwrap();
+    let dropped = store.read_journal(1, 100).unwrap().dropped.unwrap();
+    assert_eq!(store.set_aside_journal_from(dropped.seq).unwrap(), 2);
+    assert_eq!(store.last_seq(), 5);
+    assert_eq!(store.set_aside_len().unwrap(), 2, "kept, not destroyed");
+    let mut batch = Batch::new();
+    batch.append(&JournalRecord::new(Millis(8), JournalEntry::Timeout));
+    assert_eq!(store.commit(batch).unwrap().seqs, 6..7);
+    store.close().unwrap();
+
+    let store = Store::open(&path, 0).unwrap();
+    let read = store.read_journal(1, 100).unwrap();
+    assert_eq!(read.dropped, None, "the journal reads through again");
+    assert_eq!(read.records.len(), 6);
+    assert_eq!(read.records[5].1.at, Millis(8));
+    // Nothing to cut is no change.
+    let mut store = store;
+    assert_eq!(store.set_aside_journal_from(100).unwrap(), 0);
+    assert_eq!(store.last_seq(), 6);
+}
+
+#[test]
 fn a_newer_releases_record_is_reported_not_misread() {
     let dir = TempDir::new("newer-record");
     let path = dir.file("store.redb");

@@ -1382,3 +1382,61 @@ fn a_tenant_streams_its_own_events_live_and_none_of_another_tenant() {
         "another tenant's events never stream: {seen}"
     );
 }
+
+#[test]
+fn a_damaged_journal_tail_is_set_aside_and_what_follows_is_never_lost() {
+    let scratch = Scratch::new("serve-damaged");
+    let mut served = Served::start(&scratch);
+    served.api(
+        "POST",
+        "/v1/agents",
+        Some(&served.agent_body("before", json!({}))),
+    );
+    served.wait_running("before", 1);
+    served.kill_daemon();
+    // An unreadable record at the journal's end, as a damaged disk might leave.
+    let path = served.data_dir().join("carapace.redb");
+    {
+        let store = carapace_store::Store::open(&path, 0).expect("open the store");
+        let next = store.last_seq() + 1;
+        store.close().expect("close it");
+        let db = redb::Database::open(&path).expect("the file as a database");
+        let txn = db.begin_write().expect("a write");
+        {
+            let journal: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("journal");
+            let mut table = txn.open_table(journal).expect("the journal table");
+            table
+                .insert(next, b"\x00 not a record".as_slice())
+                .expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+    served.launch();
+    served.wait_running("before", 1);
+    // Appended after the damage: must replay on the next start.
+    served.api(
+        "POST",
+        "/v1/agents",
+        Some(&served.agent_body("after", json!({}))),
+    );
+    served.wait_running("after", 1);
+    served.kill_daemon();
+    served.launch();
+    for name in ["before", "after"] {
+        served.wait_running(name, 1);
+    }
+    let metrics = served.request("GET", "/metrics", None, None).1;
+    assert!(
+        metrics
+            .as_str()
+            .is_some_and(|m| m.contains("carapace_journal_replay_divergences 0")),
+        "{metrics}"
+    );
+    assert_eq!(served.agent_processes().len(), 2);
+    served.kill_daemon();
+    let copy = scratch.path().join("copy.redb");
+    std::fs::copy(&path, &copy).expect("copy");
+    let run = crate::common::carapace(["replay", copy.to_str().unwrap(), "--json"]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    served.launch();
+}

@@ -34,7 +34,13 @@ impl Daemon {
             }
         }
         self.replayed.divergences += replayer.unrecorded() as u64;
-        self.replayed.dropped = dropped;
+        if let Some(cut) = dropped {
+            // Records appended after an unreadable one would never be replayed: the tail is
+            // set aside (kept in the store, for a human), and the journal goes on from the
+            // last record that replays.
+            let moved = self.store.set_aside_journal_from(cut.seq)?;
+            self.replayed.dropped = Some(format!("{cut}; {moved} records set aside"));
+        }
         self.controller = replayer.controller;
         self.journal_records = self.replayed.records;
         if self.replayed.divergences > 0 {
