@@ -1440,3 +1440,88 @@ fn a_damaged_journal_tail_is_set_aside_and_what_follows_is_never_lost() {
     assert_eq!(run.code, Some(0), "{run:?}");
     served.launch();
 }
+
+#[test]
+fn hostile_bodies_are_refused_naming_the_field_and_the_daemon_keeps_answering() {
+    let scratch = Scratch::new("serve-hostile");
+    let served = Served::start(&scratch);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let post = |body: &str| {
+        let mut response = agent
+            .post(&format!("{}/v1/agents", served.base_url))
+            .header("Authorization", &format!("Bearer {}", served.token))
+            .header("Content-Type", "application/json")
+            .send(body)
+            .expect("a response");
+        let status = response.status().as_u16();
+        (
+            status,
+            response.body_mut().read_to_string().unwrap_or_default(),
+        )
+    };
+    // An oversized body is refused once the limit is passed: the rest is never read.
+    {
+        use std::io::{Read, Write};
+        let address = served.base_url.trim_start_matches("http://").to_owned();
+        let mut stream = std::net::TcpStream::connect(&address).expect("connect");
+        let length = 8 << 20;
+        write!(
+            stream,
+            "POST /v1/agents HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n",
+            served.token,
+        )
+        .expect("send the head");
+        let mut writer = stream.try_clone().expect("clone the stream");
+        // The server may stop reading, and close, before all of it is sent.
+        let sender = std::thread::spawn(move || {
+            let chunk = vec![b' '; 64 * 1024];
+            for _ in 0..(length / chunk.len()) {
+                if writer.write_all(&chunk).is_err() {
+                    return;
+                }
+            }
+        });
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("a timeout");
+        let mut answer = [0u8; 64];
+        let n = stream.read(&mut answer).expect("an answer");
+        let answer = String::from_utf8_lossy(&answer[..n]).to_string();
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        drop(stream);
+        let _ = sender.join();
+    }
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let (status, body) = post(&deep);
+    assert_eq!(status, 400, "deep nesting: {body}");
+    let valid = served.agent_body("x", json!({}));
+    for (field, value, named) in [
+        ("memory_limit", json!(-1), "memory_limit"),
+        ("memory_limit", json!(1e30), "memory_limit"),
+        ("memory_limit", json!("9999999 PiB"), "memory_limit"),
+        ("tenant", json!(1u64 << 40), "tenant"),
+        ("priority", json!(300), "priority"),
+        ("command", json!("not a list"), "command"),
+    ] {
+        let mut body = valid.clone();
+        body[field] = value.clone();
+        let (status, answer) = post(&body.to_string());
+        assert_eq!(status, 400, "{field}={value}: {answer}");
+        assert!(answer.contains(named), "{field}={value}: {answer}");
+    }
+    let (status, answer) = post("{\"name\": \"x\", ");
+    assert_eq!(status, 400, "a truncated body: {answer}");
+    assert_eq!(
+        served.api("GET", "/v1/agents", None)["agents"],
+        json!([]),
+        "nothing half-applied"
+    );
+    assert_eq!(
+        served.request("GET", "/healthz", None, None).0,
+        200,
+        "still answering"
+    );
+}

@@ -213,9 +213,14 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(json!({"error": message}))).into_response()
 }
 
-/// A body that does not parse: 400, naming the field, line and column serde reports.
+/// A body that does not parse: 400, naming the field, line and column serde reports; one
+/// past the size limit 413, one that is not JSON at all 415.
 fn bad_body(rejection: JsonRejection) -> Response {
-    error(StatusCode::BAD_REQUEST, &rejection.body_text())
+    let status = match rejection.status() {
+        status @ (StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE) => status,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    error(status, &rejection.body_text())
 }
 
 /// `?tenant=N`: the namespace an admin addresses; a tenant's own token ignores it.
