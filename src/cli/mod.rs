@@ -2,6 +2,8 @@
 
 mod chaos;
 mod explore;
+#[cfg(test)]
+mod fuzz;
 mod gate;
 mod journal;
 mod replay;

@@ -122,6 +122,12 @@ fn default_policy() -> EngineConfig {
 /// Reads and checks a config file; errors name the file, line, column and field.
 pub fn load(path: &Path) -> Result<ServeConfig, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse(&text, path)
+}
+
+/// Parses and checks config text; `path` names it in errors and anchors relative paths.
+pub fn parse(text: &str, path: &Path) -> Result<ServeConfig, String> {
+    let text = text.to_owned();
     let document = toml::de::DeTable::parse(&text).map_err(|e| located(path, &text, &e))?;
     let deserializer = toml::de::Deserializer::from(document);
     let mut config: ServeConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {

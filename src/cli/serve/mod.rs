@@ -603,3 +603,32 @@ async fn sleep_until(deadline: Option<std::time::Instant>) {
 fn duration(millis: Millis) -> Duration {
     Duration::from_millis(millis.0)
 }
+
+/// The daemon config's parser, for the fuzz targets.
+#[cfg(test)]
+pub fn fuzz_config(text: &str, path: &Path) -> Result<(), String> {
+    config::parse(text, path).map(|_| ())
+}
+
+/// The API's body parsers and checks, for the fuzz targets.
+#[cfg(test)]
+pub fn fuzz_bodies(bytes: &[u8]) {
+    if let Ok(request) = serde_json::from_slice::<agents::AgentRequest>(bytes) {
+        let _ = request.check();
+        let record = agents::AgentRecord {
+            id: carapace_engine::AgentId(1),
+            request,
+            version: carapace_engine::Version::new(agents::RUNTIME, 1),
+        };
+        let _ = record.spec();
+        let _ = record.view();
+        if let Some(text) = record.config_text() {
+            let dir = carapace_drivers::pod::PodDir::new("/fuzz/pod");
+            let _ =
+                agents::Rendered::new(&record, carapace_engine::Instance(1), 1, &dir).config(&text);
+        }
+    }
+    if let Ok(request) = serde_json::from_slice::<tenants::TenantRequest>(bytes) {
+        let _ = request.check();
+    }
+}
