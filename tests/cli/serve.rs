@@ -1525,3 +1525,102 @@ fn hostile_bodies_are_refused_naming_the_field_and_the_daemon_keeps_answering() 
         "still answering"
     );
 }
+
+#[test]
+fn the_api_keeps_answering_tenants_under_load_while_chaos_runs_and_nothing_is_lost() {
+    let scratch = Scratch::new("serve-load");
+    let served = Served::start(&scratch);
+    let mut tokens = Vec::new();
+    for id in 1..=3u32 {
+        let body = json!({"id": id, "name": format!("t{id}")});
+        let created = served.request("POST", "/v1/tenants", Some(&body), None).1;
+        let token = created["token"].as_str().expect("a token").to_owned();
+        let agent = served.agent_body(&format!("load-{id}"), json!({}));
+        let (status, view) = served.request("POST", "/v1/agents", Some(&agent), Some(&token));
+        assert_eq!(status, 201, "{view}");
+        tokens.push(token);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while served.agent_processes().len() != 3 {
+        assert!(Instant::now() < deadline, "three agents did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Bounded: three tenants, 20 requests/s each, for 5 s, on loopback only.
+    let base = served.base_url.clone();
+    let load: Vec<_> = tokens
+        .iter()
+        .cloned()
+        .map(|token| {
+            let base = base.clone();
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(10)))
+                    .build()
+                    .into();
+                let mut latencies = Vec::new();
+                let mut failures = 0u32;
+                for _ in 0..100 {
+                    let started = Instant::now();
+                    let answered = agent
+                        .get(&format!("{base}/v1/agents"))
+                        .header("Authorization", &format!("Bearer {token}"))
+                        .call();
+                    match answered {
+                        Ok(response) if matches!(response.status().as_u16(), 200 | 429) => {
+                            latencies.push(started.elapsed());
+                        }
+                        _ => failures += 1,
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                (latencies, failures)
+            })
+        })
+        .collect();
+    // Chaos meanwhile: the first tenant's agent killed, the second's hung.
+    let admin_view = |name: &str| {
+        served.api(
+            "GET",
+            &format!("/v1/agents/{name}?tenant={}", &name[5..]),
+            None,
+        )
+    };
+    let pid = admin_view("load-1")["pod"]["agent_pid"]
+        .as_u64()
+        .expect("a pid") as u32;
+    signal(pid, nix::sys::signal::Signal::SIGKILL);
+    let pid = admin_view("load-2")["pod"]["agent_pid"]
+        .as_u64()
+        .expect("a pid") as u32;
+    signal(pid, nix::sys::signal::Signal::SIGSTOP);
+    let mut all = Vec::new();
+    for thread in load {
+        let (latencies, failures) = thread.join().expect("a load thread");
+        assert_eq!(failures, 0, "every request was answered");
+        all.extend(latencies);
+    }
+    all.sort();
+    let p99 = all[all.len() * 99 / 100];
+    println!(
+        "API under load: {} requests, p50 {:?}, p99 {:?}, max {:?}",
+        all.len(),
+        all[all.len() / 2],
+        p99,
+        all[all.len() - 1]
+    );
+    for (id, name) in [(1, "load-1"), (2, "load-2"), (3, "load-3")] {
+        let path = format!("/v1/agents/{name}?tenant={id}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while served.api("GET", &path, None)["status"] != "running" {
+            assert!(Instant::now() < deadline, "{name} was lost");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    assert_eq!(
+        served.agent_processes().len(),
+        3,
+        "none lost, none duplicated"
+    );
+    let _ = data;
+}
