@@ -1622,5 +1622,4 @@ fn the_api_keeps_answering_tenants_under_load_while_chaos_runs_and_nothing_is_lo
         3,
         "none lost, none duplicated"
     );
-    let _ = data;
 }
