@@ -57,6 +57,8 @@ pub(crate) struct Served {
     pub(crate) token: String,
     lines: Receiver<String>,
     agent_bin: PathBuf,
+    /// Where the daemon's stdout and stderr are copied, when they are kept.
+    transcript: Option<PathBuf>,
 }
 
 impl Served {
@@ -111,9 +113,15 @@ impl Served {
             token: String::new(),
             lines: channel().1,
             agent_bin: test_agent(),
+            transcript: None,
         };
         served.launch();
         served
+    }
+
+    /// From now on (the next launch), the daemon's stdout and stderr are appended to `path`.
+    pub(crate) fn keep_output(&mut self, path: PathBuf) {
+        self.transcript = Some(path);
     }
 
     /// Starts (or restarts) the daemon and waits until its API answers.
@@ -122,16 +130,44 @@ impl Served {
             .arg("serve")
             .arg("--config")
             .arg(&self.config)
-            .env("RUST_LOG", "warn")
+            // A transcript keeps everything the daemon says, to be searched.
+            .env(
+                "RUST_LOG",
+                if self.transcript.is_some() {
+                    "debug"
+                } else {
+                    "warn"
+                },
+            )
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(match &self.transcript {
+                Some(path) => Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .expect("open the transcript"),
+                ),
+                None => Stdio::inherit(),
+            })
             .spawn()
             .expect("start carapace serve");
         let stdout = child.stdout.take().expect("piped stdout");
         let (sender, lines) = channel();
+        let transcript = self.transcript.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                if let Some(path) = &transcript {
+                    use std::io::Write as _;
+                    if let Ok(mut file) = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                    {
+                        let _ = writeln!(file, "{line}");
+                    }
+                }
                 if sender.send(line).is_err() {
                     break;
                 }
@@ -401,6 +437,27 @@ impl Drop for Served {
             let _ = std::fs::remove_dir(cgroups.root());
         }
     }
+}
+
+/// Sets the secret LLM_API_KEY of `agent`; the status and body of the answer.
+fn put_to(served: &Served, agent: &str, value: &str) -> (u16, String) {
+    let client: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = client
+        .put(&format!(
+            "{}/v1/agents/{agent}/secrets/LLM_API_KEY",
+            served.base_url
+        ))
+        .header("Authorization", &format!("Bearer {}", served.token))
+        .send(value)
+        .expect("PUT a secret");
+    let status = response.status().as_u16();
+    (
+        status,
+        response.body_mut().read_to_string().unwrap_or_default(),
+    )
 }
 
 /// A test agent's own HTTP API, as a client of the agent would use it.
@@ -1109,6 +1166,10 @@ fn a_secret_reaches_its_agent_only_and_no_byte_written_anywhere_else_holds_it() 
     let scratch = Scratch::new("serve-secrets");
     let mut served = Served::start(&scratch);
     let canary = format!("canary-{}-{}", std::process::id(), port_block());
+    // Everything the daemon prints, kept to be searched: it runs with debug logging.
+    served.keep_output(scratch.path().join("serve-output.log"));
+    served.kill_daemon();
+    served.launch();
     served.api(
         "POST",
         "/v1/agents",
@@ -1117,25 +1178,7 @@ fn a_secret_reaches_its_agent_only_and_no_byte_written_anywhere_else_holds_it() 
     served.wait_running("keyed", 1);
     served.agent_call("keyed", "POST", "/turn");
     let mut bodies = Vec::new();
-    let put = |served: &Served, value: &str| {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let mut response = agent
-            .put(&format!(
-                "{}/v1/agents/keyed/secrets/LLM_API_KEY",
-                served.base_url
-            ))
-            .header("Authorization", &format!("Bearer {}", served.token))
-            .send(value)
-            .expect("PUT a secret");
-        let status = response.status().as_u16();
-        (
-            status,
-            response.body_mut().read_to_string().unwrap_or_default(),
-        )
-    };
+    let put = |served: &Served, value: &str| put_to(served, "keyed", value);
     let (status, body) = put(&served, &canary);
     assert_eq!(status, 200, "{body}");
     bodies.push(body);
@@ -1180,11 +1223,45 @@ fn a_secret_reaches_its_agent_only_and_no_byte_written_anywhere_else_holds_it() 
         served.request("DELETE", "/v1/agents/keyed/secrets/not_a_NAME", None, None);
     assert_eq!(status, 400, "{body}");
 
-    // Everything an operator and a tool can read.
+    // Everything an operator and a tool can read, after the faults chaos injects and a
+    // post-mortem of an agent that holds the secret too.
     served.agent_call("keyed", "POST", "/crash?code=2");
     served.wait_agent("keyed", Duration::from_secs(60), "back", |v| {
-        v["status"] == "running"
+        v["status"] == "running" && v["rung"].is_null()
     });
+    let out = scratch.path().join("chaos-out");
+    let chaos = crate::common::carapace([
+        "chaos",
+        "--data",
+        served.data_dir().to_str().unwrap(),
+        "--agent",
+        "keyed",
+        "--fault",
+        "hang",
+        "--settle",
+        "200ms",
+        "--timeout",
+        "60s",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(chaos.code, Some(0), "{chaos:?}");
+    bodies.push(chaos.stdout + &chaos.stderr);
+    let doomed = served.agent_body(
+        "doomed",
+        json!({"command": ["sh", "-c", "exit 3"], "validate": null}),
+    );
+    served.api("POST", "/v1/agents", Some(&doomed));
+    let (status, body) = put_to(&served, "doomed", &canary);
+    assert_eq!(status, 200, "{body}");
+    served.wait_agent("doomed", Duration::from_secs(60), "parked", |v| {
+        v["status"] == "parked"
+    });
+    let alerts = served.api("GET", "/v1/alerts", None);
+    assert!(
+        !alerts["alerts"].as_array().unwrap().is_empty(),
+        "a post-mortem: {alerts}"
+    );
     for path in [
         "/v1/agents",
         "/v1/agents/keyed",
@@ -1244,6 +1321,16 @@ fn a_secret_reaches_its_agent_only_and_no_byte_written_anywhere_else_holds_it() 
     assert!(
         files > 10,
         "the search covered the store, pods, snapshots and logs ({files} files)"
+    );
+    let transcript =
+        std::fs::read_to_string(scratch.path().join("serve-output.log")).unwrap_or_default();
+    assert!(
+        transcript.contains("listening on"),
+        "the daemon's output was kept"
+    );
+    assert!(
+        !transcript.contains(&served.token),
+        "nor is the admin token logged"
     );
     served.launch();
 }

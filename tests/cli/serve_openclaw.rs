@@ -24,7 +24,12 @@ memory_interval = "5s"
 grace = "5s"
 "#;
 
+/// Gateways boot one at a time — the engine's own storm control: three ~1 GB Node.js boots at
+/// once on two loaded cores can outlast OpenClaw's own startup deadline.
 const POLICY: &str = r#"
+[policy.storm]
+max_concurrent_starts = 1
+
 [policy.supervisor]
 hang_probe_failures = 4
 
