@@ -420,8 +420,35 @@ impl Drop for Served {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
-        // Pods without cgroups (limits unenforced) are found through their directories.
+        // A pod the daemon launched just before it died may still be joining its cgroup or
+        // writing its pid: sweep until two sweeps in a row find nothing (bounded).
+        let mut quiet = 0;
+        for _ in 0..100 {
+            let found = self.sweep_pods();
+            quiet = if found == 0 { quiet + 1 } else { 0 };
+            if quiet == 2 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if let Ok(cgroups) = carapace_drivers::cgroup::MemoryCgroups::detect(&self.cgroup_parent) {
+            for name in cgroups.list() {
+                if let Some(cgroup) = cgroups.open(&name) {
+                    let _ = cgroup.remove_when_empty(Duration::from_secs(5));
+                }
+            }
+            let _ = std::fs::remove_dir(cgroups.root());
+        }
+    }
+}
+
+impl Served {
+    /// Kills every process of this daemon's pods it can find, in their cgroups and through
+    /// their directories (pods without cgroups); how many it found.
+    fn sweep_pods(&self) -> usize {
+        let mut found = 0;
         for pid in self.pod_dir_processes() {
+            found += 1;
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGKILL,
@@ -430,12 +457,11 @@ impl Drop for Served {
         if let Ok(cgroups) = carapace_drivers::cgroup::MemoryCgroups::detect(&self.cgroup_parent) {
             for name in cgroups.list() {
                 if let Some(cgroup) = cgroups.open(&name) {
-                    let _ = cgroup.kill_all();
-                    let _ = cgroup.remove_when_empty(Duration::from_secs(5));
+                    found += cgroup.kill_all().unwrap_or(0);
                 }
             }
-            let _ = std::fs::remove_dir(cgroups.root());
         }
+        found
     }
 }
 
