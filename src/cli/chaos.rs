@@ -118,8 +118,17 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
     let mut measures = Measures::new(Millis::ZERO);
     let mut failures = Vec::new();
     let mut absorbed = 0u32;
+    let mut phases = super::calibrate::Phases::default();
     for round in 0..args.repeat {
-        match one_round(&daemon, &args, agent, &class, &client, &mut measures) {
+        match one_round(
+            &daemon,
+            &args,
+            agent,
+            &class,
+            &client,
+            &mut measures,
+            &mut phases,
+        ) {
             Ok(Round::Absorbed) => absorbed += 1,
             Ok(Round::Recovered | Round::Alerted) => {}
             Err(error) => {
@@ -133,6 +142,12 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
     println!("{}", summary_table(&summary));
     if let Some(out) = &args.out {
         write_report(out, &measures.incidents, &summary)?;
+        let mut csv = csv::Writer::from_path(out.join("latencies.csv"))?;
+        csv.write_record(["phase", "ms"])?;
+        for (phase, ms) in &phases.samples {
+            csv.write_record([*phase, &ms.to_string()])?;
+        }
+        csv.flush()?;
     }
     let passed = summary["passed"].as_bool().unwrap_or(false);
     Ok(if passed {
@@ -149,6 +164,7 @@ fn one_round(
     class: &str,
     client: &Client,
     measures: &mut Measures,
+    phases: &mut super::calibrate::Phases,
 ) -> anyhow::Result<Round> {
     // Running, and the last incident closed (known-good again): otherwise a new fault would
     // count as a relapse of the old one and climb the ladder.
@@ -186,6 +202,7 @@ fn one_round(
             if event["agent"] != args.agent.as_str() {
                 continue;
             }
+            phases.see(event);
             let at = Millis(event["at_ms"].as_u64().unwrap_or(0));
             let name = event["event"].as_str().unwrap_or("");
             let failure = event["kind"] == "observation" && FAILURES.contains(&name);

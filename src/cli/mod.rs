@@ -1,5 +1,6 @@
 //! Command-line parsing and the subcommands.
 
+mod calibrate;
 mod chaos;
 mod explore;
 #[cfg(test)]
@@ -56,6 +57,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Inject a real fault into an agent of a running `serve` and measure its recovery.
     Chaos(chaos::ChaosArgs),
+    /// Fit the simulator's latency model to chaos runs; writes a scenario fragment.
+    Calibrate(calibrate::CalibrateArgs),
     /// Re-run the engine on a journal `serve` recorded; exit 1 on the first divergence.
     Replay(replay::ReplayArgs),
     /// Print the JSON Schema of scenario files.
@@ -75,6 +78,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(args),
         Command::Chaos(args) => chaos::run(args),
         Command::Replay(args) => replay::run(args),
+        Command::Calibrate(args) => calibrate::run(args),
         Command::Schema => schema::run(),
     }
 }

@@ -105,3 +105,81 @@ fn chaos_without_a_daemon_is_bad_input() {
     assert_eq!(run.code, Some(2), "{run:?}");
     assert!(run.stderr.contains("serve.json"), "{}", run.stderr);
 }
+
+#[test]
+fn chaos_runs_calibrate_the_simulators_latency_model_into_a_valid_scenario() {
+    let scratch = Scratch::new("calibrate");
+    // Kills in quick succession are restarts in place, not a crash loop: an exit counts as
+    // "early" only within 300 ms of readiness here.
+    let ports = crate::serve::port_block();
+    let pods = format!(
+        "port_base = {}\nport_stride = 1\nmax_pods = 30\n{}",
+        ports + 1,
+        crate::serve::TEST_PODS
+    );
+    let policy = crate::serve::TEST_POLICY.replace(
+        "[policy.supervisor]\n",
+        "[policy.supervisor]\nearly_exit_ms = 300\n",
+    );
+    assert!(policy.contains("early_exit_ms"), "{policy}");
+    let served = Served::start_with(&scratch, ports, &pods, &policy);
+    for name in ["crashy", "hangy"] {
+        served.api(
+            "POST",
+            "/v1/agents",
+            Some(&served.agent_body(name, json!({}))),
+        );
+        served.wait_running(name, 1);
+    }
+    let data = served.data_dir().display().to_string();
+    let mut dirs = Vec::new();
+    for (agent, fault, repeat) in [("crashy", "kill", "4"), ("hangy", "hang", "3")] {
+        let out = scratch.path().join(format!("run-{fault}"));
+        let run = carapace([
+            "chaos",
+            "--data",
+            &data,
+            "--agent",
+            agent,
+            "--fault",
+            fault,
+            "--repeat",
+            repeat,
+            "--settle",
+            "200ms",
+            "--timeout",
+            "60s",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(run.code, Some(0), "{run:?}");
+        let latencies = std::fs::read_to_string(out.join("latencies.csv")).expect("latencies.csv");
+        assert!(latencies.starts_with("phase,ms\n"), "{latencies}");
+        dirs.push(out.display().to_string());
+    }
+    let fragment = scratch.path().join("latency.toml");
+    let mut args = vec!["calibrate".to_owned()];
+    args.extend(dirs.iter().cloned());
+    args.extend(["--out".to_owned(), fragment.display().to_string()]);
+    let run = carapace(&args);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let text = std::fs::read_to_string(&fragment).expect("the fragment");
+    let parsed: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let latency = parsed["latency"].as_table().expect("a [latency] table");
+    for field in ["boot_after_crash", "boot", "stop", "validate"] {
+        let fitted = latency
+            .get(field)
+            .unwrap_or_else(|| panic!("{field} fitted: {text}"));
+        assert_eq!(fitted["kind"].as_str(), Some("log_normal"), "{text}");
+    }
+    assert!(text.contains("KS distance"), "{text}");
+    // The fragment is a scenario's: the simulator takes it as it is.
+    let scenario = scratch.file(
+        "calibrated.toml",
+        &(crate::common::smoke_text() + "\n" + &text),
+    );
+    let run = carapace(["validate", scenario.to_str().unwrap()]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let missing = scratch.path().join("nothing-here").display().to_string();
+    assert_eq!(carapace(["calibrate", &missing]).code, Some(2));
+}

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 /// Policy for tests: the engine's timers scaled down so that every rung is reached in
 /// seconds. Probes every 200 ms, a hang after 3 failed probes, known-good after 1.5 s.
-const TEST_PODS: &str = r#"
+pub(crate) const TEST_PODS: &str = r#"
 startup_probe_interval = "100ms"
 probe_interval = "200ms"
 probe_timeout = "300ms"
@@ -22,7 +22,7 @@ memory_interval = "200ms"
 grace = "1s"
 "#;
 
-const TEST_POLICY: &str = r#"
+pub(crate) const TEST_POLICY: &str = r#"
 [policy.supervisor]
 hang_probe_failures = 3
 
@@ -35,7 +35,7 @@ snapshot_interval_ms = 600000
 "#;
 
 /// Every test daemon gets ports of its own: tests run in parallel.
-fn port_block() -> u16 {
+pub(crate) fn port_block() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     // Below 30,000: the OpenClaw tests take blocks of 120 ports from 30,000 up.

@@ -246,6 +246,7 @@ impl Daemon {
         self.push_feed(
             at,
             command.agent(),
+            command_instance(command),
             FeedKind::Decision,
             command_kind(command),
             what,
@@ -279,6 +280,7 @@ impl Daemon {
         &mut self,
         at: Millis,
         agent: Option<AgentId>,
+        instance: Option<Instance>,
         kind: FeedKind,
         event: &'static str,
         what: String,
@@ -294,6 +296,7 @@ impl Daemon {
             seq: self.feed_seq,
             at_ms: at.0,
             agent,
+            instance: instance.map(|i| i.0),
             tenant,
             kind,
             event,
@@ -380,6 +383,17 @@ impl Daemon {
     /// step, and a step does not nest.
     pub(super) fn driver_finished(&mut self, command: CommandId, outcome: Outcome) {
         self.driver.report_finished(command, outcome);
+    }
+}
+
+/// The instance a command acts on, if it acts on one.
+fn command_instance(command: &Command) -> Option<Instance> {
+    match command {
+        Command::Start { instance, .. }
+        | Command::Stop { instance, .. }
+        | Command::TakeSnapshot { instance, .. }
+        | Command::Throttle { instance, .. } => Some(*instance),
+        _ => None,
     }
 }
 

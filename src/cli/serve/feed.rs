@@ -11,6 +11,8 @@ pub struct FeedEntry {
     pub seq: u64,
     pub at_ms: u64,
     pub agent: Option<String>,
+    /// The instance an observation came from or a decision acts on.
+    pub instance: Option<u32>,
     /// The agent's tenant: a tenant's token sees its own entries only.
     pub tenant: Option<u32>,
     /// `observation` (what a pod reported) or `decision` (a command of the engine).

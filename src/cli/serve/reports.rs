@@ -19,6 +19,7 @@ impl Daemon {
                 self.push_feed(
                     self.clock.now(),
                     Some(agent),
+                    Some(instance),
                     FeedKind::Observation,
                     "supervisor_lost",
                     format!("supervisor of {instance} lost"),
@@ -60,6 +61,7 @@ impl Daemon {
             self.push_feed(
                 self.clock.now(),
                 Some(agent),
+                Some(instance),
                 FeedKind::Observation,
                 name,
                 format!("{instance} {what}"),

@@ -1,0 +1,286 @@
+//! `carapace calibrate DIR...`: fits the simulator's driver latency model to what
+//! `carapace chaos` measured on real pods, and writes it as a scenario fragment.
+//!
+//! Chaos records, per round, the phases the daemon's event feed shows (`latencies.csv`):
+//! a fresh instance's start decision to its process, its process to ready (`boot`), a process
+//! restarted in place to ready (`boot_after_crash`), and a stop decision to the start that
+//! follows it (`stop`). Each phase is fitted as the simulator's log-normal — by its median and
+//! 90th percentile, the very parameters a scenario gives — and the fit is judged by the
+//! Kolmogorov–Smirnov distance between the samples and the fitted distribution.
+
+use super::EXIT_BAD_INPUT;
+use carapace_engine::Millis;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Phases and the simulator's latency fields they calibrate.
+const PHASES: &[(&str, &str, &str)] = &[
+    ("boot", "boot", "process start to ready, a fresh instance"),
+    (
+        "boot_after_crash",
+        "boot_after_crash",
+        "process restarted in place to ready",
+    ),
+    (
+        "start_to_spawn",
+        "validate",
+        "start decision to process: lay-out, snapshot restore and config validation on one machine",
+    ),
+    (
+        "stop",
+        "stop",
+        "stop decision to the next start: SIGTERM, exit, snapshot",
+    ),
+];
+/// Fewer samples than this fit nothing worth writing down.
+const MIN_SAMPLES: usize = 3;
+/// Bounds on what one calibration reads.
+const MAX_SAMPLES: usize = 1_000_000;
+
+#[derive(Debug, clap::Args)]
+pub struct CalibrateArgs {
+    /// Directories `carapace chaos --out` wrote (each holds latencies.csv).
+    #[arg(required = true)]
+    dirs: Vec<PathBuf>,
+    /// Where to write the scenario fragment (default: print it).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub fn run(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
+    let mut samples: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for dir in &args.dirs {
+        let path = dir.join("latencies.csv");
+        let mut reader = match csv::Reader::from_path(&path) {
+            Ok(reader) => reader,
+            Err(error) => {
+                eprintln!("carapace calibrate: {}: {error}", path.display());
+                return Ok(ExitCode::from(EXIT_BAD_INPUT));
+            }
+        };
+        for (line, row) in reader.deserialize::<(String, u64)>().enumerate() {
+            let (phase, ms) = match row {
+                Ok(row) => row,
+                Err(error) => {
+                    // Line 1 is the header.
+                    eprintln!(
+                        "carapace calibrate: {}:{}: {error}",
+                        path.display(),
+                        line + 2
+                    );
+                    return Ok(ExitCode::from(EXIT_BAD_INPUT));
+                }
+            };
+            let kept = samples.entry(phase).or_default();
+            if kept.len() < MAX_SAMPLES {
+                kept.push(ms);
+            }
+        }
+    }
+    let fragment = fragment(&args.dirs, &mut samples);
+    match &args.out {
+        Some(path) => std::fs::write(path, &fragment)?,
+        None => print!("{fragment}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `[latency]` fragment, with each fit's sample size and KS distance as comments.
+fn fragment(dirs: &[PathBuf], samples: &mut BTreeMap<String, Vec<u64>>) -> String {
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "# Fitted by `carapace calibrate` from {} chaos run(s). Paste into a scenario.",
+        dirs.len()
+    );
+    let _ = writeln!(text, "[latency]");
+    for (phase, field, meaning) in PHASES {
+        let Some(values) = samples.get_mut(*phase) else {
+            let _ = writeln!(text, "# {field}: no samples of `{phase}` ({meaning})");
+            continue;
+        };
+        values.sort_unstable();
+        if values.len() < MIN_SAMPLES {
+            let _ = writeln!(
+                text,
+                "# {field}: {} sample(s) of `{phase}`, fewer than {MIN_SAMPLES}: not fitted",
+                values.len()
+            );
+            continue;
+        }
+        let fit = Fit::of(values);
+        let _ = writeln!(
+            text,
+            "# {meaning}: n = {}, KS distance {:.3}",
+            values.len(),
+            fit.ks
+        );
+        let _ = writeln!(
+            text,
+            "{field} = {{ kind = \"log_normal\", median = \"{}ms\", p90 = \"{}ms\" }}",
+            fit.median.0, fit.p90.0
+        );
+    }
+    text
+}
+
+/// A log-normal fitted by its median and 90th percentile, and how well it fits.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Fit {
+    pub median: Millis,
+    pub p90: Millis,
+    /// Kolmogorov–Smirnov distance between the samples and the fitted distribution.
+    pub ks: f64,
+}
+
+impl Fit {
+    /// `sorted` must be ascending and non-empty.
+    pub fn of(sorted: &[u64]) -> Fit {
+        assert!(!sorted.is_empty(), "a fit needs samples");
+        assert!(sorted.is_sorted(), "samples are sorted before fitting");
+        let quantile = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+        // A log-normal needs positive values; the simulator's spans are whole milliseconds.
+        let median = quantile(0.5).max(1);
+        let p90 = quantile(0.9).max(median);
+        Fit {
+            median: Millis(median),
+            p90: Millis(p90),
+            ks: ks_distance(sorted, median as f64, p90 as f64),
+        }
+    }
+}
+
+/// sup |F_n(x) − F(x)| for the log-normal with this median and 90th percentile.
+fn ks_distance(sorted: &[u64], median: f64, p90: f64) -> f64 {
+    let mu = median.ln();
+    // z of the 90th percentile of a standard normal.
+    let sigma = (p90.ln() - mu) / 1.281_551_565_545;
+    let cdf = |x: f64| {
+        if sigma <= 0.0 {
+            // Degenerate: all the mass at the median.
+            return if x >= median { 1.0 } else { 0.0 };
+        }
+        let z = (x.max(1e-9).ln() - mu) / sigma;
+        0.5 * (1.0 + libm::erf(z / std::f64::consts::SQRT_2))
+    };
+    let n = sorted.len() as f64;
+    sorted
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            let f = cdf(x as f64);
+            (f - i as f64 / n).abs().max(((i + 1) as f64 / n - f).abs())
+        })
+        .fold(0.0, f64::max)
+}
+
+/// Phases of one agent's feed as chaos follows it: what started when, and how long each
+/// took. Fed every entry of the agent in order.
+#[derive(Debug, Default)]
+pub struct Phases {
+    started: BTreeMap<u64, Millis>,
+    spawned: BTreeMap<u64, (Millis, bool)>,
+    stopped: Option<Millis>,
+    pub samples: Vec<(&'static str, u64)>,
+}
+
+impl Phases {
+    pub fn see(&mut self, entry: &Value) {
+        let at = Millis(entry["at_ms"].as_u64().unwrap_or(0));
+        let Some(instance) = entry["instance"].as_u64() else {
+            return;
+        };
+        match (entry["kind"].as_str(), entry["event"].as_str()) {
+            (Some("decision"), Some("start")) => {
+                self.started.insert(instance, at);
+                if let Some(stop) = self.stopped.take() {
+                    self.samples.push(("stop", at.saturating_since(stop).0));
+                }
+            }
+            (Some("decision"), Some("stop")) => self.stopped = Some(at),
+            (Some("observation"), Some("spawned")) => {
+                let fresh = self.started.remove(&instance);
+                if let Some(start) = fresh {
+                    self.samples
+                        .push(("start_to_spawn", at.saturating_since(start).0));
+                }
+                self.spawned.insert(instance, (at, fresh.is_some()));
+            }
+            (Some("observation"), Some("ready")) => {
+                if let Some((spawn, fresh)) = self.spawned.remove(&instance) {
+                    let phase = if fresh { "boot" } else { "boot_after_crash" };
+                    self.samples.push((phase, at.saturating_since(spawn).0));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_normal_sample_fits_itself_closely_and_a_bimodal_one_does_not() {
+        // Quantiles of the log-normal with median 1000 and p90 2000, at (i + 0.5) / n.
+        let sigma = (2.0f64).ln() / 1.281_551_565_545;
+        let n = 200;
+        let mut sample: Vec<u64> = (0..n)
+            .map(|i| {
+                let p = (i as f64 + 0.5) / n as f64;
+                // Inverse normal CDF by bisection on erf: a test needs no speed.
+                let (mut lo, mut hi) = (-10.0f64, 10.0f64);
+                for _ in 0..100 {
+                    let mid = (lo + hi) / 2.0;
+                    if 0.5 * (1.0 + libm::erf(mid / std::f64::consts::SQRT_2)) < p {
+                        lo = mid;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                (1000.0 * (sigma * lo).exp()).round() as u64
+            })
+            .collect();
+        sample.sort_unstable();
+        let fit = Fit::of(&sample);
+        assert!((fit.median.0 as i64 - 1000).abs() <= 15, "{fit:?}");
+        assert!((fit.p90.0 as i64 - 2000).abs() <= 60, "{fit:?}");
+        assert!(fit.ks < 0.05, "{fit:?}");
+        let mut bimodal: Vec<u64> = (0..100)
+            .map(|_| 100)
+            .chain((0..100).map(|_| 10_000))
+            .collect();
+        bimodal.sort_unstable();
+        assert!(Fit::of(&bimodal).ks > 0.3);
+    }
+
+    #[test]
+    fn phases_follow_a_restart_in_place_and_a_recreation() {
+        let mut phases = Phases::default();
+        let entry = |at: u64, kind: &str, event: &str, instance: u64| serde_json::json!({"at_ms": at, "kind": kind, "event": event, "instance": instance});
+        for e in [
+            entry(0, "observation", "exited", 1),
+            entry(1, "observation", "spawned", 1),
+            entry(501, "observation", "ready", 1),
+            entry(600, "decision", "stop", 1),
+            entry(2600, "decision", "start", 2),
+            entry(2700, "observation", "spawned", 2),
+            entry(3000, "observation", "ready", 2),
+        ] {
+            phases.see(&e);
+        }
+        assert_eq!(
+            phases.samples,
+            vec![
+                ("boot_after_crash", 500),
+                ("stop", 2000),
+                ("start_to_spawn", 100),
+                ("boot", 300)
+            ]
+        );
+    }
+}
