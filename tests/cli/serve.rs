@@ -1118,6 +1118,20 @@ fn a_tenant_sees_its_own_agents_only_and_a_foreign_one_answers_as_missing() {
             "/v1/agents/nobody?tenant=1",
             None,
         ),
+        (
+            "GET",
+            "/v1/agents/shared-name/secrets",
+            None,
+            "/v1/agents/nobody/secrets",
+            None,
+        ),
+        (
+            "DELETE",
+            "/v1/agents/shared-name/secrets/LLM_API_KEY",
+            None,
+            "/v1/agents/nobody/secrets/LLM_API_KEY",
+            None,
+        ),
     ] {
         let foreign = served.request(method, path, body, Some(globex));
         let missing = served.request(method, missing_path, missing_body, Some(globex));
@@ -1141,6 +1155,29 @@ fn a_tenant_sees_its_own_agents_only_and_a_foreign_one_answers_as_missing() {
             .as_str()
             .is_some_and(|m| m.contains("carapace_agent_up{tenant=\"1\",agent=\"shared-name\"} 1")),
         "{acme_metrics}"
+    );
+    let put_secret = |name: &str| {
+        let client: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut response = client
+            .put(&format!(
+                "{}/v1/agents/{name}/secrets/LLM_API_KEY",
+                served.base_url
+            ))
+            .header("Authorization", &format!("Bearer {globex}"))
+            .send("stolen")
+            .expect("a response");
+        let status = response.status().as_u16();
+        let body = response.body_mut().read_to_string().unwrap_or_default();
+        (status, body.replace(name, "NAME"))
+    };
+    let (foreign, missing) = (put_secret("shared-name"), put_secret("nobody"));
+    assert_eq!(foreign.0, 404, "{foreign:?}");
+    assert_eq!(
+        foreign, missing,
+        "setting a foreign agent's secret answers as a missing agent"
     );
     for path in ["/v1/nodes", "/v1/tenants"] {
         let (status, body) = served.request("GET", path, None, Some(globex));
