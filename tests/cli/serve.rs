@@ -1773,3 +1773,38 @@ fn the_api_keeps_answering_tenants_under_load_while_chaos_runs_and_nothing_is_lo
         "none lost, none duplicated"
     );
 }
+
+#[test]
+fn a_changed_policy_is_refused_at_restart_naming_the_field_and_the_journal_is_untouched() {
+    let scratch = Scratch::new("serve-policy");
+    let mut served = Served::start(&scratch);
+    served.api(
+        "POST",
+        "/v1/agents",
+        Some(&served.agent_body("steady", json!({}))),
+    );
+    served.wait_running("steady", 1);
+    served.kill_daemon();
+    let store = served.data_dir().join("carapace.redb");
+    let journal = |path: &Path| {
+        let store = carapace_store::Store::open(path, 0).expect("open the store");
+        let read = store.read_journal(1, usize::MAX).expect("read the journal");
+        store.close().expect("close the store");
+        read.records
+    };
+    let before = journal(&store);
+    let text = std::fs::read_to_string(served.config_file()).expect("the config");
+    let changed = text.replace("known_good_dwell_ms = 1500", "known_good_dwell_ms = 1600");
+    assert_ne!(changed, text);
+    let config = scratch.file("changed.toml", &changed);
+    let run = crate::common::carapace(["serve", "--config", config.to_str().unwrap()]);
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(
+        run.stderr.contains("changed.toml") && run.stderr.contains("field `policy`"),
+        "{}",
+        run.stderr
+    );
+    assert!(journal(&store) == before, "the journal is untouched");
+    served.launch();
+    served.wait_running("steady", 1);
+}

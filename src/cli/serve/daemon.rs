@@ -94,11 +94,7 @@ impl Daemon {
         if let Some(recorded) = &recorded
             && recorded != &policy
         {
-            anyhow::bail!(
-                "the [policy] table differs from the one this store's journal was recorded \
-                 under; the journal replays only under its own policy (start with the old \
-                 policy, or with a new data_dir)"
-            );
+            return Err(PolicyChanged.into());
         }
         let controller = Controller::new(policy.clone())?;
         let clock = DaemonClock::new(store.epoch_unix_ms(), Millis::ZERO);
@@ -400,6 +396,16 @@ fn command_instance(command: &Command) -> Option<Instance> {
 pub(super) fn config_key(agent: AgentId, config_version: u32) -> u64 {
     (u64::from(agent.0) << 32) | u64::from(config_version)
 }
+
+/// The config's `[policy]` is not the one the journal was recorded under: bad input, which
+/// changes nothing.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "field `policy`: the [policy] table differs from the one this store's journal was \
+     recorded under; the journal replays only under its own policy (start with the old policy, \
+     or with a new data_dir)"
+)]
+pub struct PolicyChanged;
 
 /// Why an input was not applied.
 #[derive(Debug, thiserror::Error)]

@@ -64,8 +64,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve(config))?;
-    Ok(ExitCode::SUCCESS)
+    match runtime.block_on(serve(config)) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(error) if error.is::<daemon::PolicyChanged>() => {
+            eprintln!("carapace serve: {}: {error}", args.config.display());
+            Ok(ExitCode::from(EXIT_BAD_INPUT))
+        }
+        Err(error) => Err(error),
+    }
 }
 
 async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
