@@ -39,10 +39,10 @@ pub(crate) fn port_block() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     // Below 30,000: the OpenClaw tests take blocks of 120 ports from 30,000 up.
-    let base = 20_000 + (std::process::id() % 12) as u16 * 800;
+    let base = 20_000 + (std::process::id() % 6) as u16 * 1_600;
     assert!(
-        n < 20,
-        "each test process has twenty blocks of 40 ports; add more"
+        n < 40,
+        "each test process has forty blocks of 40 ports; add more"
     );
     base + n * 40
 }
