@@ -488,6 +488,8 @@ struct Daemon {
     url: String,
     token: String,
     pid: u32,
+    /// One client, so that polling reuses its connections instead of opening one a call.
+    http: ureq::Agent,
 }
 
 impl Daemon {
@@ -506,23 +508,31 @@ impl Daemon {
             .map_err(|e| format!("{}: {e}", token_path.display()))?
             .trim()
             .to_owned();
-        Ok(Daemon {
-            url: about["url"].as_str().unwrap_or_default().to_owned(),
-            token,
-            pid: about["pid"]
-                .as_u64()
-                .and_then(|p| u32::try_from(p).ok())
-                .unwrap_or(0),
-        })
+        let pid = about["pid"]
+            .as_u64()
+            .and_then(|p| u32::try_from(p).ok())
+            .unwrap_or(0);
+        let url = about["url"].as_str().unwrap_or_default().to_owned();
+        Ok(Daemon::new(url, token, pid))
     }
 
-    fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+    fn new(url: String, token: String, pid: u32) -> Daemon {
+        let http = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(10)))
             .build()
             .into();
-        let mut response = agent
+        Daemon {
+            url,
+            token,
+            pid,
+            http,
+        }
+    }
+
+    fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let mut response = self
+            .http
             .get(&format!("{}{path}", self.url))
             .header("Authorization", &format!("Bearer {}", self.token))
             .call()?;
@@ -606,7 +616,7 @@ impl Client {
         let (url, token, name) = (daemon.url.clone(), daemon.token.clone(), name.to_owned());
         let (log, alive) = (sent.clone(), running.clone());
         std::thread::spawn(move || {
-            let daemon = Daemon { url, token, pid: 0 };
+            let daemon = Daemon::new(url, token, 0);
             let agent: ureq::Agent = ureq::Agent::config_builder()
                 .timeout_global(Some(timeout))
                 .build()

@@ -112,11 +112,7 @@ fn chaos_runs_calibrate_the_simulators_latency_model_into_a_valid_scenario() {
     // Kills in quick succession are restarts in place, not a crash loop: an exit counts as
     // "early" only within 300 ms of readiness here.
     let ports = crate::serve::port_block();
-    let pods = format!(
-        "port_base = {}\nport_stride = 1\nmax_pods = 30\n{}",
-        ports + 1,
-        crate::serve::TEST_PODS
-    );
+    let pods = crate::serve::test_pods(ports);
     let policy = crate::serve::TEST_POLICY.replace(
         "[policy.supervisor]\n",
         "[policy.supervisor]\nearly_exit_ms = 300\n",

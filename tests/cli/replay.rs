@@ -6,19 +6,14 @@ use crate::common::{Scratch, carapace};
 use crate::serve::Served;
 use carapace_engine::{Command, Millis};
 use carapace_store::{Batch, JournalEntry, JournalRecord, Store};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::time::Duration;
 
 #[test]
 fn a_recorded_journal_replays_identically_and_a_tampered_one_names_its_divergence() {
     let scratch = Scratch::new("replay");
     let mut served = Served::start(&scratch);
-    served.api(
-        "POST",
-        "/v1/agents",
-        Some(&served.agent_body("r1", json!({}))),
-    );
-    served.wait_running("r1", 1);
+    served.create_running("r1");
     // Healthy past the dwell: known-good, a snapshot, an incident-free journal.
     served.wait_agent("r1", Duration::from_secs(30), "known-good", |v| {
         !v["known_good"].is_null()

@@ -34,6 +34,15 @@ start_deadline_ms = 30000
 snapshot_interval_ms = 600000
 "#;
 
+/// The `[pods]` table of a test daemon whose API listens on `api_port`: its pods take the
+/// ports right after it, one each.
+pub(crate) fn test_pods(api_port: u16) -> String {
+    format!(
+        "port_base = {}\nport_stride = 1\nmax_pods = 30\n{TEST_PODS}",
+        api_port + 1
+    )
+}
+
 /// Every test daemon gets ports of its own: tests run in parallel.
 pub(crate) fn port_block() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
@@ -64,10 +73,7 @@ pub(crate) struct Served {
 impl Served {
     pub(crate) fn start(scratch: &Scratch) -> Served {
         let ports = port_block();
-        let pods = format!(
-            "port_base = {}\nport_stride = 1\nmax_pods = 30\n{TEST_PODS}",
-            ports + 1
-        );
+        let pods = test_pods(ports);
         Served::start_with(scratch, ports, &pods, TEST_POLICY)
     }
 
@@ -246,6 +252,16 @@ impl Served {
             "{method} {path}: {status} {value}"
         );
         value
+    }
+
+    /// Creates a test agent named `name` and waits until its first instance runs.
+    pub(crate) fn create_running(&self, name: &str) -> Value {
+        self.api(
+            "POST",
+            "/v1/agents",
+            Some(&self.agent_body(name, json!({}))),
+        );
+        self.wait_running(name, 1)
     }
 
     /// An agent that runs `carapace-test-agent` with its state in the pod.
@@ -526,12 +542,7 @@ pub(crate) fn signal(pid: u32, signal: nix::sys::signal::Signal) {
 fn a_crashed_agent_is_restarted_in_place_and_a_hung_one_recreated_with_its_state() {
     let scratch = Scratch::new("serve-ladder");
     let served = Served::start(&scratch);
-    served.api(
-        "POST",
-        "/v1/agents",
-        Some(&served.agent_body("alpha", json!({}))),
-    );
-    served.wait_running("alpha", 1);
+    served.create_running("alpha");
     assert_eq!(served.agent_call("alpha", "POST", "/turn")["turns"], 1);
     let first_pid = served.agent_call("alpha", "GET", "/state")["pid"]
         .as_u64()
@@ -649,12 +660,7 @@ fn a_daemon_killed_with_sigkill_readopts_its_pods_without_duplicates() {
 fn a_truncated_config_is_rolled_back_to_the_known_good_version() {
     let scratch = Scratch::new("serve-config");
     let served = Served::start(&scratch);
-    served.api(
-        "POST",
-        "/v1/agents",
-        Some(&served.agent_body("cfg", json!({}))),
-    );
-    served.wait_running("cfg", 1);
+    served.create_running("cfg");
     served.agent_call("cfg", "POST", "/turn");
     // Healthy for the dwell: the engine marks the version known-good and snapshots it.
     served.wait_agent("cfg", Duration::from_secs(30), "known-good", |v| {
@@ -903,10 +909,7 @@ fn an_agent_that_never_starts_is_parked_with_a_post_mortem_in_the_api_the_file_a
         }
     });
     let ports = port_block();
-    let pods = format!(
-        "port_base = {}\nport_stride = 1\nmax_pods = 30\n{TEST_PODS}",
-        ports + 1
-    );
+    let pods = test_pods(ports);
     let api = format!("alert_webhook = \"http://127.0.0.1:{hook_port}/alerts\"");
     let served = Served::start_full(&scratch, ports, &api, &pods, TEST_POLICY);
     let body = served.agent_body(
@@ -1019,10 +1022,7 @@ fn a_daemon_killed_right_after_each_kind_of_change_loses_and_duplicates_nothing(
 fn without_a_writable_cgroup_serve_runs_agents_and_says_limits_are_not_enforced() {
     let scratch = Scratch::new("serve-unenforced");
     let ports = port_block();
-    let pods = format!(
-        "port_base = {}\nport_stride = 1\nmax_pods = 30\n{TEST_PODS}",
-        ports + 1
-    );
+    let pods = test_pods(ports);
     // A parent no cgroup can be made under: stands in for a machine without writable cgroups.
     let served = Served::start_in(&scratch, ports, "", &pods, TEST_POLICY, "no/such/../parent");
     served.api(
@@ -1233,12 +1233,7 @@ fn a_secret_reaches_its_agent_only_and_no_byte_written_anywhere_else_holds_it() 
     served.keep_output(scratch.path().join("serve-output.log"));
     served.kill_daemon();
     served.launch();
-    served.api(
-        "POST",
-        "/v1/agents",
-        Some(&served.agent_body("keyed", json!({}))),
-    );
-    served.wait_running("keyed", 1);
+    served.create_running("keyed");
     served.agent_call("keyed", "POST", "/turn");
     let mut bodies = Vec::new();
     let put = |served: &Served, value: &str| put_to(served, "keyed", value);
@@ -1402,10 +1397,7 @@ fn a_secret_reaches_its_agent_only_and_no_byte_written_anywhere_else_holds_it() 
 fn a_tenant_over_its_rate_or_its_quota_gets_429_with_retry_after_and_no_other_tenant_waits() {
     let scratch = Scratch::new("serve-limits");
     let ports = port_block();
-    let pods = format!(
-        "port_base = {}\nport_stride = 1\nmax_pods = 30\n{TEST_PODS}",
-        ports + 1
-    );
+    let pods = test_pods(ports);
     let api = "tenant_requests_per_second = 2.0\ntenant_burst = 5";
     let served = Served::start_full(&scratch, ports, api, &pods, TEST_POLICY);
     let tenant = |id: u32, quota: Value| {
@@ -1537,12 +1529,7 @@ fn a_tenant_streams_its_own_events_live_and_none_of_another_tenant() {
 fn a_damaged_journal_tail_is_set_aside_and_what_follows_is_never_lost() {
     let scratch = Scratch::new("serve-damaged");
     let mut served = Served::start(&scratch);
-    served.api(
-        "POST",
-        "/v1/agents",
-        Some(&served.agent_body("before", json!({}))),
-    );
-    served.wait_running("before", 1);
+    served.create_running("before");
     served.kill_daemon();
     // An unreadable record at the journal's end, as a damaged disk might leave.
     let path = served.data_dir().join("carapace.redb");
@@ -1564,12 +1551,7 @@ fn a_damaged_journal_tail_is_set_aside_and_what_follows_is_never_lost() {
     served.launch();
     served.wait_running("before", 1);
     // Appended after the damage: must replay on the next start.
-    served.api(
-        "POST",
-        "/v1/agents",
-        Some(&served.agent_body("after", json!({}))),
-    );
-    served.wait_running("after", 1);
+    served.create_running("after");
     served.kill_daemon();
     served.launch();
     for name in ["before", "after"] {
@@ -1778,12 +1760,7 @@ fn the_api_keeps_answering_tenants_under_load_while_chaos_runs_and_nothing_is_lo
 fn a_changed_policy_is_refused_at_restart_naming_the_field_and_the_journal_is_untouched() {
     let scratch = Scratch::new("serve-policy");
     let mut served = Served::start(&scratch);
-    served.api(
-        "POST",
-        "/v1/agents",
-        Some(&served.agent_body("steady", json!({}))),
-    );
-    served.wait_running("steady", 1);
+    served.create_running("steady");
     served.kill_daemon();
     let store = served.data_dir().join("carapace.redb");
     let journal = |path: &Path| {

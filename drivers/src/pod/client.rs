@@ -84,15 +84,7 @@ impl PodClient {
         after: u64,
         events: mpsc::Sender<Numbered>,
     ) -> Result<u64, PodClientError> {
-        let stream = self.connect().await?;
-        let (read, mut write) = stream.into_split();
-        let mut line = serde_json::to_vec(&PodRequest::Watch { after }).expect("serialises");
-        line.push(b'\n');
-        write
-            .write_all(&line)
-            .await
-            .map_err(|source| self.unreachable(source))?;
-        let mut lines = BufReader::new(read).lines();
+        let mut lines = self.send(&PodRequest::Watch { after }).await?;
         let mut last = after;
         while let Ok(Some(line)) = lines.next_line().await {
             match serde_json::from_str::<PodReply>(&line) {
@@ -120,15 +112,7 @@ impl PodClient {
         timeout: Duration,
     ) -> Result<PodReply, PodClientError> {
         let exchange = async {
-            let stream = self.connect().await?;
-            let (read, mut write) = stream.into_split();
-            let mut line = serde_json::to_vec(request).expect("a request serialises");
-            line.push(b'\n');
-            write
-                .write_all(&line)
-                .await
-                .map_err(|source| self.unreachable(source))?;
-            let mut lines = BufReader::new(read).lines();
+            let mut lines = self.send(request).await?;
             let answer = lines
                 .next_line()
                 .await
@@ -152,6 +136,21 @@ impl PodClient {
                 timeout,
             }),
         }
+    }
+
+    /// Connects, sends one request line, and returns the reply lines to read.
+    async fn send(
+        &self,
+        request: &PodRequest,
+    ) -> Result<tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>, PodClientError> {
+        let (read, mut write) = self.connect().await?.into_split();
+        let mut line = serde_json::to_vec(request).expect("a request serialises");
+        line.push(b'\n');
+        write
+            .write_all(&line)
+            .await
+            .map_err(|source| self.unreachable(source))?;
+        Ok(BufReader::new(read).lines())
     }
 
     async fn connect(&self) -> Result<UnixStream, PodClientError> {
