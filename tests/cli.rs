@@ -10,6 +10,9 @@ mod check;
 mod common;
 #[path = "cli/explore.rs"]
 mod explore;
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)]
+#[path = "cli/fidelity.rs"]
+mod fidelity;
 #[path = "cli/help.rs"]
 mod help;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]

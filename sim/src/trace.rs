@@ -396,6 +396,19 @@ pub enum TraceEventKind {
     NodeFailure,
 }
 
+impl TraceEventKind {
+    /// The name an event trace gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            TraceEventKind::Crash => "crash",
+            TraceEventKind::Hang => "hang",
+            TraceEventKind::ConfigCorruption => "config_corruption",
+            TraceEventKind::Spike => "spike",
+            TraceEventKind::NodeFailure => "node_failure",
+        }
+    }
+}
+
 /// `time_ms,agent,kind,value,duration_ms` with a header row; kinds are `crash`, `hang`,
 /// `config_corruption`, `spike` (value: bytes, duration_ms: its length) and `node_failure`
 /// (agent: the node's index). Returned in time order (rows of one time keep their order).

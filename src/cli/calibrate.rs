@@ -88,6 +88,40 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// One phase of the real runs and the simulator's latency field it calibrates.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Fitted {
+    pub field: &'static str,
+    pub phase: &'static str,
+    pub meaning: &'static str,
+    pub samples: usize,
+    /// None with fewer than [`MIN_SAMPLES`] samples.
+    pub fit: Option<Fit>,
+}
+
+/// Fits every phase the simulator has a field for, each with at least `min_samples`
+/// samples; `samples` are sorted in place.
+pub fn fit_phases(samples: &mut BTreeMap<String, Vec<u64>>, min_samples: usize) -> Vec<Fitted> {
+    let min_samples = min_samples.max(1);
+    PHASES
+        .iter()
+        .map(|&(phase, field, meaning)| {
+            let values = samples.get_mut(phase).map(|v| {
+                v.sort_unstable();
+                &v[..]
+            });
+            let values = values.unwrap_or_default();
+            Fitted {
+                field,
+                phase,
+                meaning,
+                samples: values.len(),
+                fit: (values.len() >= min_samples).then(|| Fit::of(values)),
+            }
+        })
+        .collect()
+}
+
 /// The `[latency]` fragment, with each fit's sample size and KS distance as comments.
 fn fragment(dirs: &[PathBuf], samples: &mut BTreeMap<String, Vec<u64>>) -> String {
     let mut text = String::new();
@@ -97,32 +131,37 @@ fn fragment(dirs: &[PathBuf], samples: &mut BTreeMap<String, Vec<u64>>) -> Strin
         dirs.len()
     );
     let _ = writeln!(text, "[latency]");
-    for (phase, field, meaning) in PHASES {
-        let Some(values) = samples.get_mut(*phase) else {
-            let _ = writeln!(text, "# {field}: no samples of `{phase}` ({meaning})");
-            continue;
-        };
-        values.sort_unstable();
-        if values.len() < MIN_SAMPLES {
-            let _ = writeln!(
-                text,
-                "# {field}: {} sample(s) of `{phase}`, fewer than {MIN_SAMPLES}: not fitted",
-                values.len()
-            );
-            continue;
+    for fitted in fit_phases(samples, MIN_SAMPLES) {
+        let Fitted {
+            field,
+            phase,
+            meaning,
+            samples,
+            fit,
+        } = fitted;
+        match fit {
+            _ if samples == 0 => {
+                let _ = writeln!(text, "# {field}: no samples of `{phase}` ({meaning})");
+            }
+            None => {
+                let _ = writeln!(
+                    text,
+                    "# {field}: {samples} sample(s) of `{phase}`, fewer than {MIN_SAMPLES}: not fitted"
+                );
+            }
+            Some(fit) => {
+                let _ = writeln!(
+                    text,
+                    "# {meaning}: n = {samples}, KS distance {:.3}",
+                    fit.ks
+                );
+                let _ = writeln!(
+                    text,
+                    "{field} = {{ kind = \"log_normal\", median = \"{}ms\", p90 = \"{}ms\" }}",
+                    fit.median.0, fit.p90.0
+                );
+            }
         }
-        let fit = Fit::of(values);
-        let _ = writeln!(
-            text,
-            "# {meaning}: n = {}, KS distance {:.3}",
-            values.len(),
-            fit.ks
-        );
-        let _ = writeln!(
-            text,
-            "{field} = {{ kind = \"log_normal\", median = \"{}ms\", p90 = \"{}ms\" }}",
-            fit.median.0, fit.p90.0
-        );
     }
     text
 }

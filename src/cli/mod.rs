@@ -3,6 +3,7 @@
 mod calibrate;
 mod chaos;
 mod explore;
+mod fidelity;
 #[cfg(test)]
 mod fuzz;
 mod gate;
@@ -61,6 +62,9 @@ enum Command {
     Calibrate(calibrate::CalibrateArgs),
     /// Re-run the engine on a journal `serve` recorded; exit 1 on the first divergence.
     Replay(replay::ReplayArgs),
+    /// Run one fault schedule on a running `serve` and in the simulator; compare rung per
+    /// fault and recovery/provisioning distributions (exit 1 when they differ).
+    Fidelity(fidelity::FidelityArgs),
     /// Print the JSON Schema of scenario files.
     Schema,
 }
@@ -78,6 +82,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(args),
         Command::Chaos(args) => chaos::run(args),
         Command::Replay(args) => replay::run(args),
+        Command::Fidelity(args) => fidelity::run(args),
         Command::Calibrate(args) => calibrate::run(args),
         Command::Schema => schema::run(),
     }

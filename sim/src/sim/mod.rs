@@ -351,6 +351,11 @@ impl Simulation {
     }
 
     /// Totals about the run: events, engine errors, the command-stream hash, violations.
+    /// The measures so far: every incident and the raw histograms.
+    pub fn measures(&self) -> &Measures {
+        &self.measures
+    }
+
     pub fn stats(&self) -> &RunStats {
         &self.stats
     }

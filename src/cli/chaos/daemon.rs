@@ -65,6 +65,34 @@ impl Daemon {
         Ok(serde_json::from_str(&text)?)
     }
 
+    /// A request with a JSON body (or none); the status and the JSON answer, whatever the
+    /// status.
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let url = format!("{}{path}", self.url);
+        let auth = format!("Bearer {}", self.token);
+        let mut response = match (method, body) {
+            ("POST", Some(body)) => self
+                .http
+                .post(&url)
+                .header("Authorization", &auth)
+                .send_json(body)?,
+            ("DELETE", None) => self
+                .http
+                .delete(&url)
+                .header("Authorization", &auth)
+                .call()?,
+            _ => anyhow::bail!("{method} {path}: not a request chaos makes"),
+        };
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string()?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
     pub fn agent(&self, name: &str) -> anyhow::Result<Value> {
         self.get(&format!("/v1/agents/{name}"))
     }

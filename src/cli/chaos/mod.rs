@@ -84,6 +84,18 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
+    /// Its name on the command line and in fidelity files.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Kill => "kill",
+            FaultKind::Hang => "hang",
+            FaultKind::TruncateConfig => "truncate-config",
+            FaultKind::Spike => "spike",
+            FaultKind::KillSupervisor => "kill-supervisor",
+            FaultKind::KillDaemon => "kill-daemon",
+        }
+    }
+
     /// The simulator's name for what the fault does to the agent.
     pub fn fault(self) -> Fault {
         match self {
@@ -243,4 +255,3 @@ fn write_report(out: &Path, incidents: &[IncidentRecord], summary: &Value) -> an
     )?;
     Ok(())
 }
-

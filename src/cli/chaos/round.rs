@@ -106,15 +106,24 @@ pub fn run(
                 let first_request = client.first_request_after(injected_at).unwrap_or(at);
                 let timeout = Millis(args.client_timeout.as_millis() as u64);
                 measures.healthy(agent, class, at, rung, first_request, timeout);
-                return Ok(Outcome { injected_at, ending: Ending::Recovered(rung) });
+                return Ok(Outcome {
+                    injected_at,
+                    ending: Ending::Recovered(rung),
+                });
             }
             if name == "alert" {
                 measures.alerted(agent, class, at);
-                return Ok(Outcome { injected_at, ending: Ending::Alerted });
+                return Ok(Outcome {
+                    injected_at,
+                    ending: Ending::Alerted,
+                });
             }
         }
         if !open && Instant::now() > absorbed_after {
-            return Ok(Outcome { injected_at, ending: Ending::Absorbed });
+            return Ok(Outcome {
+                injected_at,
+                ending: Ending::Absorbed,
+            });
         }
         if Instant::now() > deadline {
             anyhow::bail!("not healthy again within {:?}", args.timeout);
@@ -280,4 +289,3 @@ fn rung_of(value: &Value) -> Option<Rung> {
         _ => return None,
     })
 }
-

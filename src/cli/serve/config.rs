@@ -127,17 +127,7 @@ pub fn load(path: &Path) -> Result<ServeConfig, String> {
 
 /// Parses and checks config text; `path` names it in errors and anchors relative paths.
 pub fn parse(text: &str, path: &Path) -> Result<ServeConfig, String> {
-    let text = text.to_owned();
-    let document = toml::de::DeTable::parse(&text).map_err(|e| located(path, &text, &e))?;
-    let deserializer = toml::de::Deserializer::from(document);
-    let mut config: ServeConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-        let field = e.path().to_string();
-        format!(
-            "{}: field `{field}`: {}",
-            path.display(),
-            located_inner(&text, e.inner())
-        )
-    })?;
+    let mut config: ServeConfig = deserialize_toml(text, path)?;
     if config.policy.placement.warm_pool_per_node != 0 {
         return Err(format!(
             "{}: field `policy.placement.warm_pool_per_node`: the process driver keeps no warm pool yet; set it to 0",
@@ -192,6 +182,23 @@ pub fn parse(text: &str, path: &Path) -> Result<ServeConfig, String> {
         }
     }
     Ok(config)
+}
+
+/// Deserializes TOML text into `T`; the error names the file, line, column and field.
+pub(crate) fn deserialize_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    path: &Path,
+) -> Result<T, String> {
+    let document = toml::de::DeTable::parse(text).map_err(|e| located(path, text, &e))?;
+    let deserializer = toml::de::Deserializer::from(document);
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let field = e.path().to_string();
+        format!(
+            "{}: field `{field}`: {}",
+            path.display(),
+            located_inner(text, e.inner())
+        )
+    })
 }
 
 fn located(path: &Path, text: &str, error: &toml::de::Error) -> String {

@@ -2,10 +2,10 @@
 //! decisions out as pods on this machine, with a durable store, a journal every decision can
 //! be replayed from, and an HTTP API.
 
-mod agents;
+pub(crate) mod agents;
 mod api;
 mod clock;
-mod config;
+pub(crate) mod config;
 mod daemon;
 mod desired;
 mod driver;

@@ -1,0 +1,229 @@
+//! The real side of a fidelity run: create the agents on a running `carapace serve`, measure
+//! their provisioning, put them through the fault schedule one round at a time (chaos rounds),
+//! and remove them again.
+
+use super::spec::Spec;
+use crate::cli::calibrate::Phases;
+use crate::cli::chaos::FaultKind;
+use crate::cli::chaos::daemon::{Client, Daemon};
+use crate::cli::chaos::round::{self, Ending, Plan};
+use carapace_engine::{AgentId, Millis};
+use carapace_sim::Measures;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// What the real daemon did with the schedule.
+#[derive(Debug)]
+pub struct RealRun {
+    /// Create accepted → first ready, per agent, in creation order.
+    pub provisioning_ms: Vec<u64>,
+    pub rounds: Vec<RealRound>,
+    /// Phase samples for calibration (as `carapace chaos` writes them to latencies.csv).
+    pub phases: BTreeMap<String, Vec<u64>>,
+    /// The local node's memory capacity as the engine sees it.
+    pub node_memory: u64,
+}
+
+/// One round of the schedule, as it went for real.
+#[derive(Clone, Debug)]
+pub struct RealRound {
+    /// Index of the agent in creation order.
+    pub agent: u32,
+    pub fault: FaultKind,
+    pub spike_bytes: u64,
+    /// Injection time since the first agent was created (the schedule's time zero).
+    pub at_ms: u64,
+    pub outcome: Result<Resolved, String>,
+}
+
+/// How a round ended: its rung (4: an alert; 0: the agent never stopped) and times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    pub rung: u8,
+    pub detection_ms: Option<u64>,
+    pub recovery_ms: Option<u64>,
+}
+
+/// Agents this run created, removed again however it ends.
+struct Created<'a> {
+    daemon: &'a Daemon,
+    names: Vec<String>,
+}
+
+impl Drop for Created<'_> {
+    fn drop(&mut self) {
+        for name in &self.names {
+            if let Err(error) = self
+                .daemon
+                .send("DELETE", &format!("/v1/agents/{name}"), None)
+            {
+                eprintln!("carapace fidelity: could not remove {name}: {error:#}");
+            }
+        }
+    }
+}
+
+pub fn run(spec: &Spec, data: &Path) -> anyhow::Result<RealRun> {
+    let daemon = Daemon::find(data).map_err(|m| anyhow::anyhow!(m))?;
+    let node_memory = daemon.get("/v1/nodes")?["nodes"][0]["memory"]["capacity_bytes"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("the daemon reports no node capacity"))?;
+    let timeout = Duration::from_millis(spec.timeout.0.0);
+    let mut created = Created {
+        daemon: &daemon,
+        names: Vec::new(),
+    };
+    let feed_start = daemon.feed_tail()?;
+    let mut agents: Vec<(String, AgentId, Millis)> = Vec::new();
+    for index in 0..spec.agents {
+        let mut body = spec.agent.clone();
+        body.name = spec.agent_name(index);
+        let (status, view) =
+            daemon.send("POST", "/v1/agents", Some(&serde_json::to_value(&body)?))?;
+        if status != 201 {
+            anyhow::bail!(
+                "creating {} answered {status}: {}",
+                body.name,
+                view["error"].as_str().unwrap_or("")
+            );
+        }
+        created.names.push(body.name.clone());
+        let id = view["id"]
+            .as_u64()
+            .and_then(|id| u32::try_from(id).ok())
+            .ok_or_else(|| anyhow::anyhow!("the created view has no id: {view}"))?;
+        let at = Millis(view["now_ms"].as_u64().unwrap_or(0));
+        agents.push((body.name, AgentId(id), at));
+    }
+    let origin = agents[0].2;
+    let mut phases: Vec<Phases> = agents.iter().map(|_| Phases::default()).collect();
+    let provisioning_ms = provisioning(&daemon, &agents, feed_start, timeout, &mut phases)?;
+    eprintln!(
+        "carapace fidelity: {} agents provisioned (ms: {provisioning_ms:?})",
+        agents.len()
+    );
+
+    let client_interval = Duration::from_millis(spec.client.interval.0.0);
+    let client_timeout = Duration::from_millis(spec.client.timeout.0.0);
+    let clients: Vec<Client> = agents
+        .iter()
+        .map(|(name, ..)| Client::start(&daemon, name, client_interval, client_timeout))
+        .collect();
+    let mut measures = Measures::new(Millis::ZERO);
+    let schedule = spec.rounds();
+    let mut rounds = Vec::with_capacity(schedule.len());
+    for (k, (fault, spike_bytes)) in schedule.into_iter().enumerate() {
+        let index = k % agents.len();
+        let (name, id, _) = &agents[index];
+        let plan = Plan {
+            data: data.to_owned(),
+            agent: name.clone(),
+            id: *id,
+            class: format!("class-{}", spec.agent.class),
+            fault,
+            settle: Duration::from_millis(spec.settle.0.0),
+            timeout,
+            spike_bytes,
+            client_timeout,
+            restart_with: None,
+        };
+        let before = measures.incidents.len();
+        let outcome = round::run(
+            &daemon,
+            &plan,
+            &clients[index],
+            &mut measures,
+            &mut phases[index],
+        );
+        let (at_ms, outcome) = match outcome {
+            Ok(outcome) => {
+                let incident = measures.incidents.get(before);
+                let resolved = Resolved {
+                    rung: match outcome.ending {
+                        Ending::Absorbed => 0,
+                        _ => incident.map_or(0, |i| i.rung),
+                    },
+                    detection_ms: incident.and_then(|i| i.detection_ms),
+                    recovery_ms: incident.and_then(|i| i.recovery_ms),
+                };
+                (outcome.injected_at.saturating_since(origin).0, Ok(resolved))
+            }
+            Err(error) => (0, Err(format!("{error:#}"))),
+        };
+        eprintln!(
+            "carapace fidelity: round {}: {fault:?} on {name}: {}",
+            k + 1,
+            match &outcome {
+                Ok(r) => format!("rung {}, recovery {:?} ms", r.rung, r.recovery_ms),
+                Err(error) => error.clone(),
+            }
+        );
+        rounds.push(RealRound {
+            agent: index as u32,
+            fault,
+            spike_bytes,
+            at_ms,
+            outcome,
+        });
+    }
+    for client in &clients {
+        client.stop();
+    }
+    let mut samples: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for phases in phases {
+        for (phase, ms) in phases.samples {
+            samples.entry(phase.to_owned()).or_default().push(ms);
+        }
+    }
+    Ok(RealRun {
+        provisioning_ms,
+        rounds,
+        phases: samples,
+        node_memory,
+    })
+}
+
+/// Follows the feed from `after` until every agent was ready once; create → first ready.
+fn provisioning(
+    daemon: &Daemon,
+    agents: &[(String, AgentId, Millis)],
+    after: u64,
+    within: Duration,
+    phases: &mut [Phases],
+) -> anyhow::Result<Vec<u64>> {
+    let mut ready: Vec<Option<u64>> = vec![None; agents.len()];
+    let mut seen = after;
+    let deadline = Instant::now() + within;
+    while ready.iter().any(Option::is_none) {
+        let feed = daemon.events(seen)?;
+        for event in feed["events"].as_array().into_iter().flatten() {
+            seen = event["seq"].as_u64().unwrap_or(seen);
+            let Some(index) = agents.iter().position(|(name, ..)| event["agent"] == *name) else {
+                continue;
+            };
+            phases[index].see(event);
+            if event["event"] == "ready" && ready[index].is_none() {
+                let at = Millis(event["at_ms"].as_u64().unwrap_or(0));
+                ready[index] = Some(at.saturating_since(agents[index].2).0);
+            }
+            if event["event"] == "alert" {
+                anyhow::bail!(
+                    "{} was alerted while provisioning: {event}",
+                    agents[index].0
+                );
+            }
+        }
+        if Instant::now() > deadline {
+            let late: Vec<&str> = agents
+                .iter()
+                .zip(&ready)
+                .filter(|(_, r)| r.is_none())
+                .map(|((name, ..), _)| name.as_str())
+                .collect();
+            anyhow::bail!("{late:?} not ready within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(ready.into_iter().map(|r| r.unwrap_or(0)).collect())
+}

@@ -1,0 +1,229 @@
+//! The simulated side of a fidelity run: the same fleet, policy, probes and fault schedule as
+//! the real run, with the driver latencies fitted to it, through the simulator.
+
+use super::real::RealRun;
+use super::spec::Spec;
+use crate::cli::calibrate::{Fitted, fit_phases};
+use crate::cli::chaos::FaultKind;
+use crate::cli::serve::config::ServeConfig;
+use carapace_engine::Millis;
+use carapace_sim::Simulation;
+use carapace_sim::scenario::{
+    AgentClass, AgentFaults, Bytes, Clients, Dist, Fleet, Latency, MemoryModel, Probes, Scenario,
+    Span,
+};
+use carapace_sim::trace::{Replays, TraceEvent, TraceEventKind};
+use std::collections::BTreeMap;
+
+/// Simulated time after the last fault, for its recovery to finish.
+const TAIL: Millis = Millis(600_000);
+/// How long a replayed spike holds its memory (the real one holds until it is killed).
+const SPIKE_HOLD: Millis = Millis(600_000);
+
+/// The simulated side, pooled over seeds.
+#[derive(Debug)]
+pub struct SimRun {
+    /// Per round of the schedule (same order as the real rounds), per seed: the rung that
+    /// resolved it (4: an alert; 0: no incident) and its recovery.
+    pub rounds: Vec<Vec<(u8, Option<u64>)>>,
+    pub provisioning_ms: Vec<u64>,
+    /// The fitted latencies the scenario uses.
+    pub fitted: Vec<Fitted>,
+}
+
+/// The scenario of the simulated side; its event trace is `events`.
+pub fn scenario(
+    spec: &Spec,
+    config: &ServeConfig,
+    real: &RealRun,
+    fitted: &[Fitted],
+) -> (Scenario, Vec<TraceEvent>) {
+    let ms = |v| Span(Millis(v));
+    let template = &spec.agent;
+    let request = template
+        .memory_request
+        .unwrap_or(Bytes(template.memory_limit.0 / 2));
+    let class = AgentClass {
+        name: format!("class-{}", template.class),
+        agents: spec.agents,
+        priority: template.priority,
+        memory_limit: template.memory_limit,
+        memory_request: request,
+        memory: MemoryModel {
+            baseline: spec.sim.baseline.unwrap_or(request),
+            baseline_jitter: 0.0,
+            growth_per_day: Bytes(0),
+            spikes_per_day: 0.0,
+            spike_size: Bytes(0),
+            spike_duration: Span(SPIKE_HOLD),
+            // The real spike allocates its bytes at once.
+            spike_ramp: ms(1),
+            trace: None,
+        },
+        faults: AgentFaults::default(),
+        clients: Clients {
+            requests_per_hour: 3_600_000.0 / spec.client.interval.0.0 as f64,
+            timeout: spec.client.timeout,
+        },
+    };
+    let mut latency = Latency {
+        // One machine: the decision reaches its pod in-process, there is nothing to pull, and
+        // a snapshot's restore is part of the measured start-to-spawn phase (fitted as
+        // `validate`).
+        schedule: Dist::Constant { value: ms(1) },
+        version_pull: Dist::Constant { value: ms(0) },
+        snapshot_restore: Dist::Constant { value: ms(0) },
+        ..Latency::default()
+    };
+    let pods = &config.pods;
+    // A real boot is timed to the ready observation, which waits for the next startup probe;
+    // the simulator adds that wait itself, so the fit loses its mean: half an interval.
+    let probe_wait = Millis(pods.startup_probe_interval.0.0 / 2);
+    for fitted in fitted {
+        let Some(fit) = fitted.fit else { continue };
+        let lag = match fitted.field {
+            "boot" | "boot_after_crash" => probe_wait,
+            _ => Millis::ZERO,
+        };
+        let median = Millis(fit.median.0.saturating_sub(lag.0).max(1));
+        let dist = Dist::LogNormal {
+            median: Span(median),
+            p90: Span(Millis(fit.p90.0.saturating_sub(lag.0).max(median.0))),
+        };
+        match fitted.field {
+            "boot" => latency.boot = dist,
+            "boot_after_crash" => latency.boot_after_crash = dist,
+            "validate" => latency.validate = dist,
+            "stop" => latency.stop = dist,
+            other => unreachable!("calibrate fits no field `{other}`"),
+        }
+    }
+    let events: Vec<TraceEvent> = real
+        .rounds
+        .iter()
+        .filter(|round| round.outcome.is_ok())
+        .map(|round| TraceEvent {
+            at_ms: round.at_ms,
+            target: round.agent,
+            kind: trace_kind(round.fault),
+            value: if round.fault == FaultKind::Spike {
+                round.spike_bytes
+            } else {
+                0
+            },
+            duration_ms: if round.fault == FaultKind::Spike {
+                SPIKE_HOLD.0
+            } else {
+                0
+            },
+        })
+        .collect();
+    let last = events.iter().map(|e| e.at_ms).max().unwrap_or(0);
+    let scenario = Scenario {
+        name: "fidelity".into(),
+        seed: 1,
+        duration: Span(Millis(last) + TAIL),
+        // Provisioning of the first boot is measured: it is the real run's create.
+        warmup: ms(0),
+        fleet: Fleet {
+            nodes: 1,
+            zones: 1,
+            regions: 1,
+            node_memory: Bytes(real.node_memory),
+            warm_instance_memory: Bytes(750 << 20),
+            tenants: 1,
+            classes: vec![class],
+        },
+        node_faults: Default::default(),
+        latency,
+        probes: Probes {
+            startup_interval: pods.startup_probe_interval,
+            interval: pods.probe_interval,
+            memory_interval: pods.memory_interval,
+            ..Probes::default()
+        },
+        policy: config.policy.clone(),
+        slo: Default::default(),
+        churn: Default::default(),
+        rollouts: Vec::new(),
+        event_trace: Some("schedule.csv".into()),
+        report: Default::default(),
+    };
+    (scenario, events)
+}
+
+/// The simulator's fault for a real one. Fidelity's spec refuses the faults without one.
+fn trace_kind(fault: FaultKind) -> TraceEventKind {
+    match fault {
+        FaultKind::Kill => TraceEventKind::Crash,
+        FaultKind::Hang => TraceEventKind::Hang,
+        FaultKind::TruncateConfig => TraceEventKind::ConfigCorruption,
+        FaultKind::Spike => TraceEventKind::Spike,
+        FaultKind::KillSupervisor | FaultKind::KillDaemon => {
+            unreachable!("the spec refuses faults the simulator has no model of")
+        }
+    }
+}
+
+/// Fits the latencies to the real run and runs the simulated side over `spec.sim.seeds` seeds.
+pub fn run(
+    spec: &Spec,
+    config: &ServeConfig,
+    real: &RealRun,
+) -> anyhow::Result<(SimRun, Scenario, Vec<TraceEvent>)> {
+    let mut samples: BTreeMap<String, Vec<u64>> = real.phases.clone();
+    // A small run sees few restarts: every sample counts, and a phase never seen takes its
+    // sibling's fit rather than a default measured on another agent.
+    let mut fitted = fit_phases(&mut samples, 1);
+    let boot = fitted
+        .iter()
+        .find(|f| f.field == "boot")
+        .and_then(|f| f.fit);
+    for phase in &mut fitted {
+        if phase.field == "boot_after_crash" && phase.fit.is_none() {
+            phase.fit = boot;
+        }
+    }
+    let (scenario, events) = scenario(spec, config, real, &fitted);
+    let scheduled: Vec<(u32, u64)> = real.rounds.iter().map(|r| (r.agent, r.at_ms)).collect();
+    let mut rounds: Vec<Vec<(u8, Option<u64>)>> = vec![Vec::new(); real.rounds.len()];
+    let mut provisioning_ms = Vec::new();
+    for seed in 0..u64::from(spec.sim.seeds) {
+        let mut scenario = scenario.clone();
+        scenario.seed = seed + 1;
+        let replays = Replays {
+            memory: Vec::new(),
+            events: events.clone(),
+        };
+        let mut sim = Simulation::new(scenario, replays)
+            .map_err(|e| anyhow::anyhow!("the simulated side refused the policy: {e}"))?;
+        sim.run(|_| {});
+        let measures = sim.measures();
+        for (slot, (round, &(agent, at))) in
+            rounds.iter_mut().zip(real.rounds.iter().zip(&scheduled))
+        {
+            if round.outcome.is_err() {
+                continue;
+            }
+            let incident = measures
+                .incidents
+                .iter()
+                .find(|i| i.agent == agent && i.start_ms == at);
+            slot.push(incident.map_or((0, None), |i| (i.rung, i.recovery_ms)));
+        }
+        for value in measures.provisioning.iter_recorded() {
+            for _ in 0..value.count_at_value() {
+                provisioning_ms.push(value.value_iterated_to());
+            }
+        }
+    }
+    Ok((
+        SimRun {
+            rounds,
+            provisioning_ms,
+            fitted,
+        },
+        scenario,
+        events,
+    ))
+}
