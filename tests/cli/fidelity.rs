@@ -3,35 +3,42 @@
 
 use crate::common::{Scratch, carapace};
 use crate::serve::Served;
-use serde_json::Value;
-use std::path::Path;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
 
-/// A fidelity file for `agents` test agents through `faults` (TOML `[[fault]]` tables).
-fn spec(scratch: &Scratch, served: &Served, agents: u32, faults: &str) -> std::path::PathBuf {
-    let body = served.agent_body("fid", serde_json::json!({}));
-    let words = |value: &Value| {
-        value
-            .as_array()
-            .expect("a list of words")
-            .iter()
-            .map(|w| format!("{w}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+/// A fidelity file: `agents` agents made from `body` (an API create body), put through
+/// `faults` (`[[fault]]` tables as JSON), with `timing` (settle, timeout, client, sim).
+fn spec(scratch: &Scratch, agents: u32, body: Value, faults: Value, timing: Value) -> PathBuf {
+    let mut spec = json!({ "agents": agents, "agent": body, "fault": faults });
+    for (key, value) in timing.as_object().expect("timing is an object") {
+        spec[key] = value.clone();
+    }
     scratch.file(
         "fidelity.toml",
-        &format!(
-            "agents = {agents}\nsettle = \"200ms\"\ntimeout = \"60s\"\n\n\
-             [client]\ninterval = \"100ms\"\n\n\
-             [sim]\nseeds = 5\n\n\
-             [agent]\nname = \"fid\"\nmemory_limit = \"256MiB\"\n\
-             command = [{}]\nprobe = {}\nvalidate = [{}]\n\
-             config = {{ port = 1, boot_ms = 200, greeting = \"v1\" }}\n\n{faults}",
-            words(&body["command"]),
-            body["probe"],
-            words(&body["validate"]),
-        ),
+        &toml::to_string(&spec).expect("a fidelity file serialises as TOML"),
     )
+}
+
+fn fidelity(spec: &Path, served: &Served, out: &Path) -> crate::common::Run {
+    carapace([
+        "fidelity",
+        &spec.display().to_string(),
+        "--config",
+        &served.config_file().display().to_string(),
+        "--out",
+        &out.display().to_string(),
+    ])
+}
+
+/// Every round the simulator resolved by another rung than the real daemon did.
+fn different_rungs(report: &Value) -> Vec<Value> {
+    report["rounds"]
+        .as_array()
+        .expect("rounds")
+        .iter()
+        .filter(|r| r["same_rung"] != true)
+        .cloned()
+        .collect()
 }
 
 fn report(out: &Path) -> Value {
@@ -43,23 +50,16 @@ fn report(out: &Path) -> Value {
 fn every_fault_is_resolved_by_the_same_rung_for_real_and_in_the_simulator() {
     let scratch = Scratch::new("fidelity");
     let served = Served::start(&scratch);
-    let spec = spec(
-        &scratch,
-        &served,
-        2,
-        "[[fault]]\nkind = \"kill\"\nrepeat = 3\n\n[[fault]]\nkind = \"hang\"\n\n\
-         [[fault]]\nkind = \"truncate-config\"\n",
-    );
-    let out = scratch.path().join("report");
-    let config = served.config_file().display().to_string();
-    let run = carapace([
-        "fidelity",
-        &spec.display().to_string(),
-        "--config",
-        &config,
-        "--out",
-        &out.display().to_string(),
+    let body = served.agent_body("fid", json!({}));
+    let faults = json!([
+        {"kind": "kill", "repeat": 3},
+        {"kind": "hang"},
+        {"kind": "truncate-config"},
     ]);
+    let timing = json!({"settle": "200ms", "timeout": "60s", "client": {"interval": "100ms"}, "sim": {"seeds": 5}});
+    let spec = spec(&scratch, 2, body, faults, timing);
+    let out = scratch.path().join("report");
+    let run = fidelity(&spec, &served, &out);
     let report = report(&out);
     let rounds = report["rounds"].as_array().expect("rounds");
     let real: Vec<(String, u64)> = rounds
@@ -86,13 +86,12 @@ fn every_fault_is_resolved_by_the_same_rung_for_real_and_in_the_simulator() {
         "{}",
         run.stdout
     );
-    for round in rounds {
-        assert_eq!(
-            round["same_rung"], true,
-            "the simulator chose another rung: {round}\n{}",
-            run.stdout
-        );
-    }
+    assert_eq!(
+        different_rungs(&report),
+        Vec::<Value>::new(),
+        "the simulator chose another rung\n{}",
+        run.stdout
+    );
     assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
     // Provisioning of both agents was measured on both sides.
     let provisioning = report["distributions"]
@@ -121,10 +120,7 @@ fn every_fault_is_resolved_by_the_same_rung_for_real_and_in_the_simulator() {
     let validated = carapace(["validate", &out.join("scenario.toml").display().to_string()]);
     assert_eq!(validated.code, Some(0), "{}", validated.stderr);
     // The agents fidelity created are gone again.
-    assert_eq!(
-        served.api("GET", "/v1/agents", None)["agents"],
-        serde_json::json!([])
-    );
+    assert_eq!(served.api("GET", "/v1/agents", None)["agents"], json!([]));
 }
 
 #[test]
@@ -159,4 +155,46 @@ fn a_bad_fidelity_file_or_a_missing_daemon_is_bad_input() {
     ]);
     assert_eq!(run.code, Some(2), "{}", run.stderr);
     assert!(run.stderr.contains("no daemon has run"), "{}", run.stderr);
+}
+
+/// The CI fidelity check on real gateways: three OpenClaw gateways, a kill, a hang and a
+/// truncated config, each resolved by the same rung in the simulator as for real.
+#[test]
+fn real_openclaw_gateways_and_the_simulator_resolve_every_fault_by_the_same_rung() {
+    use crate::serve_openclaw::{BOOT, MockLlm, PODS, POLICY, gateway};
+    let (openclaw, node_bin) = crate::supervise::openclaw();
+    let scratch = Scratch::new("fidelity-openclaw");
+    let mock = MockLlm::start();
+    // Beside the other OpenClaw test's ports (they run one at a time, but a port can linger).
+    let api_port = 47_005 + (std::process::id() % 20) as u16 * 10;
+    let base = 54_000 + (std::process::id() % 10) as u16 * 600;
+    let pods = format!("port_base = {base}\nport_stride = 120\nmax_pods = 5\n{PODS}");
+    let served = Served::start_with(&scratch, api_port, &pods, POLICY);
+    let faults = json!([{"kind": "kill"}, {"kind": "hang"}, {"kind": "truncate-config"}]);
+    let timing = json!({
+        "settle": "5s",
+        "timeout": format!("{}s", BOOT.as_secs()),
+        "sim": {"seeds": 5},
+    });
+    let body = gateway("claw", &openclaw, &node_bin, mock.port);
+    let spec = spec(&scratch, 3, body, faults, timing);
+    let out = scratch.path().join("report");
+    let run = fidelity(&spec, &served, &out);
+    // The comparison, for `--nocapture` readers: the figures benches/README.md quotes.
+    eprintln!("{}", run.stdout);
+    let report = report(&out);
+    let real: Vec<u64> = report["rounds"]
+        .as_array()
+        .expect("rounds")
+        .iter()
+        .map(|r| r["real_rung"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(real, [1, 2, 3], "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        different_rungs(&report),
+        Vec::<Value>::new(),
+        "the simulator chose another rung\n{}",
+        run.stdout
+    );
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
 }

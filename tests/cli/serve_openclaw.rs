@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 /// OpenClaw boots in ~13 s alone and ~30 s when three start at once on two cores: the
 /// deadlines below leave room for a slow CI machine, never for a lucky one.
-const BOOT: Duration = Duration::from_secs(300);
+pub(crate) const BOOT: Duration = Duration::from_secs(300);
 
-const PODS: &str = r#"
+pub(crate) const PODS: &str = r#"
 startup_probe_interval = "500ms"
 probe_interval = "1s"
 probe_timeout = "3s"
@@ -26,7 +26,7 @@ grace = "5s"
 
 /// Gateways boot one at a time — the engine's own storm control: three ~1 GB Node.js boots at
 /// once on two loaded cores can outlast OpenClaw's own startup deadline.
-const POLICY: &str = r#"
+pub(crate) const POLICY: &str = r#"
 [policy.storm]
 max_concurrent_starts = 1
 
@@ -125,7 +125,7 @@ fn three_openclaw_gateways_recover_from_a_kill_a_hang_and_a_broken_config() {
 
 /// The API body of one OpenClaw gateway agent: isolated dirs inside its pod, its own port
 /// (OPENCLAW_GATEWAY_PORT, read by the gateway and by the CLI alike) and a fresh token.
-fn gateway(name: &str, openclaw: &Path, node_bin: &Path, llm_port: u16) -> Value {
+pub(crate) fn gateway(name: &str, openclaw: &Path, node_bin: &Path, llm_port: u16) -> Value {
     let openclaw = openclaw.display().to_string();
     let path = format!(
         "{}:{}",
@@ -286,13 +286,13 @@ fn tree_contains(root: &Path, needle: &[u8]) -> bool {
 
 /// A local stand-in for an OpenAI-compatible LLM API: `GET /v1/models`, and
 /// `POST /v1/chat/completions` answered as a server-sent event stream.
-struct MockLlm {
-    port: u16,
+pub(crate) struct MockLlm {
+    pub(crate) port: u16,
     requests: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl MockLlm {
-    fn start() -> MockLlm {
+    pub(crate) fn start() -> MockLlm {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the mock LLM");
         let port = listener.local_addr().expect("its address").port();
         let requests = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
