@@ -247,6 +247,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_parses() {
+        let text = include_str!("../../../fidelity/openclaw.toml");
+        let spec = Spec::parse(text, Path::new("fidelity/openclaw.toml")).expect("parses");
+        assert_eq!(spec.rounds().len(), 24);
+        assert_eq!(spec.agent_name(2), "claw-3");
+    }
+
+    #[test]
     fn problems_name_the_file_and_the_field() {
         let unknown = parse(&format!(
             "agents = 2\n{AGENT}\n[[fault]]\nkind = \"meteor\"\n"
