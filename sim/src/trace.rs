@@ -394,9 +394,20 @@ pub enum TraceEventKind {
     ConfigCorruption,
     Spike,
     NodeFailure,
+    /// The agent's pod supervisor dies (and its agent with it); the node reports the loss.
+    SupervisorLoss,
 }
 
 impl TraceEventKind {
+    pub const ALL: [TraceEventKind; 6] = [
+        TraceEventKind::Crash,
+        TraceEventKind::Hang,
+        TraceEventKind::ConfigCorruption,
+        TraceEventKind::Spike,
+        TraceEventKind::NodeFailure,
+        TraceEventKind::SupervisorLoss,
+    ];
+
     /// The name an event trace gives it.
     pub fn name(self) -> &'static str {
         match self {
@@ -405,33 +416,27 @@ impl TraceEventKind {
             TraceEventKind::ConfigCorruption => "config_corruption",
             TraceEventKind::Spike => "spike",
             TraceEventKind::NodeFailure => "node_failure",
+            TraceEventKind::SupervisorLoss => "supervisor_loss",
         }
     }
 }
 
 /// `time_ms,agent,kind,value,duration_ms` with a header row; kinds are `crash`, `hang`,
-/// `config_corruption`, `spike` (value: bytes, duration_ms: its length) and `node_failure`
-/// (agent: the node's index). Returned in time order (rows of one time keep their order).
+/// `config_corruption`, `spike` (value: bytes, duration_ms: its length), `supervisor_loss`
+/// and `node_failure` (agent: the node's index). Returned in time order (rows of one time keep their order).
 pub fn parse_events(text: &str, file: &str) -> Result<Vec<TraceEvent>, TraceError> {
     let mut events = read_rows(text, file, b',', |record, line| {
         let at_ms: u64 = field(record, 0, "time_ms", file, line)?;
         let target: u32 = field(record, 1, "agent", file, line)?;
-        let kind = match record.get(2).ok_or_else(|| missing(file, line, "kind"))? {
-            "crash" => TraceEventKind::Crash,
-            "hang" => TraceEventKind::Hang,
-            "config_corruption" => TraceEventKind::ConfigCorruption,
-            "spike" => TraceEventKind::Spike,
-            "node_failure" => TraceEventKind::NodeFailure,
-            other => {
-                return Err(TraceError::Row {
-                    file: file.to_owned(),
-                    line,
-                    field: "kind",
-                    problem: format!(
-                        "`{other}` is not crash, hang, config_corruption, spike or node_failure"
-                    ),
-                });
-            }
+        let name = record.get(2).ok_or_else(|| missing(file, line, "kind"))?;
+        let Some(kind) = TraceEventKind::ALL.into_iter().find(|k| k.name() == name) else {
+            let names: Vec<&str> = TraceEventKind::ALL.iter().map(|k| k.name()).collect();
+            return Err(TraceError::Row {
+                file: file.to_owned(),
+                line,
+                field: "kind",
+                problem: format!("`{name}` is not one of {}", names.join(", ")),
+            });
         };
         let optional = |i: usize, name: &'static str| -> Result<u64, TraceError> {
             match record.get(i) {

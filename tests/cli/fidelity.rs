@@ -55,6 +55,7 @@ fn every_fault_is_resolved_by_the_same_rung_for_real_and_in_the_simulator() {
         {"kind": "kill", "repeat": 3},
         {"kind": "hang"},
         {"kind": "truncate-config"},
+        {"kind": "kill-supervisor"},
     ]);
     let timing = json!({"settle": "200ms", "timeout": "60s", "client": {"interval": "100ms"}, "sim": {"seeds": 5}});
     let spec = spec(&scratch, 2, body, faults, timing);
@@ -79,6 +80,7 @@ fn every_fault_is_resolved_by_the_same_rung_for_real_and_in_the_simulator() {
         ("kill", 3),
         ("hang", 2),
         ("truncate-config", 3),
+        ("kill-supervisor", 2),
     ];
     assert_eq!(
         real,
@@ -157,8 +159,9 @@ fn a_bad_fidelity_file_or_a_missing_daemon_is_bad_input() {
     assert!(run.stderr.contains("no daemon has run"), "{}", run.stderr);
 }
 
-/// The CI fidelity check on real gateways: three OpenClaw gateways, a kill, a hang and a
-/// truncated config, each resolved by the same rung in the simulator as for real.
+/// The CI fidelity check on real gateways: three OpenClaw gateways, a kill, a hang, a
+/// truncated config and a killed supervisor, each resolved by the same rung in the simulator
+/// as for real.
 #[test]
 fn real_openclaw_gateways_and_the_simulator_resolve_every_fault_by_the_same_rung() {
     use crate::serve_openclaw::{BOOT, MockLlm, PODS, POLICY, gateway};
@@ -170,7 +173,12 @@ fn real_openclaw_gateways_and_the_simulator_resolve_every_fault_by_the_same_rung
     let base = 54_000 + (std::process::id() % 10) as u16 * 600;
     let pods = format!("port_base = {base}\nport_stride = 120\nmax_pods = 5\n{PODS}");
     let served = Served::start_with(&scratch, api_port, &pods, POLICY);
-    let faults = json!([{"kind": "kill"}, {"kind": "hang"}, {"kind": "truncate-config"}]);
+    let faults = json!([
+        {"kind": "kill"},
+        {"kind": "hang"},
+        {"kind": "truncate-config"},
+        {"kind": "kill-supervisor"},
+    ]);
     let timing = json!({
         "settle": "5s",
         "timeout": format!("{}s", BOOT.as_secs()),
@@ -189,7 +197,7 @@ fn real_openclaw_gateways_and_the_simulator_resolve_every_fault_by_the_same_rung
         .iter()
         .map(|r| r["real_rung"].as_u64().unwrap_or(0))
         .collect();
-    assert_eq!(real, [1, 2, 3], "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(real, [1, 2, 3, 2], "{}\n{}", run.stdout, run.stderr);
     assert_eq!(
         different_rungs(&report),
         Vec::<Value>::new(),

@@ -186,14 +186,49 @@ impl Simulation {
                 self.node_fail(NodeId(event.target));
                 return;
             }
-            TraceEventKind::Crash => FaultKind::Crash,
-            TraceEventKind::Hang => FaultKind::Hang,
-            TraceEventKind::ConfigCorruption => FaultKind::ConfigCorruption,
-            TraceEventKind::Spike => FaultKind::Spike,
+            TraceEventKind::SupervisorLoss => None,
+            TraceEventKind::Crash => Some(FaultKind::Crash),
+            TraceEventKind::Hang => Some(FaultKind::Hang),
+            TraceEventKind::ConfigCorruption => Some(FaultKind::ConfigCorruption),
+            TraceEventKind::Spike => Some(FaultKind::Spike),
         };
         let id = AgentId(event.target);
-        if self.agents.get(id.index()).is_some_and(|a| a.desired) {
-            self.apply_fault(id, kind, Some((event.value, Millis(event.duration_ms))));
+        if !self.agents.get(id.index()).is_some_and(|a| a.desired) {
+            return;
         }
+        match kind {
+            Some(kind) => {
+                self.apply_fault(id, kind, Some((event.value, Millis(event.duration_ms))))
+            }
+            None => self.lose_supervisor(id),
+        }
+    }
+
+    /// The agent's pod supervisor died and took its agent with it, unseen by the node's
+    /// supervisor state machine; the node driver tells the controller at once, as the real
+    /// one does when the supervisor's socket closes.
+    fn lose_supervisor(&mut self, id: AgentId) {
+        let agent = &self.agents[id.index()];
+        let (Some(_), Some(pod)) = (agent.process, agent.pod) else {
+            return;
+        };
+        if !self.nodes[pod.node.index()].up {
+            return;
+        }
+        self.measures.fault(id, Fault::Crash, self.now);
+        self.kill_process(id);
+        self.feed_supervisor(
+            pod.node,
+            SupervisorInput::Release {
+                agent: id,
+                instance: pod.instance,
+            },
+        );
+        self.measures.observed(id, self.now);
+        self.feed(Input::Escalate {
+            agent: id,
+            instance: pod.instance,
+            reason: carapace_engine::EscalationReason::SupervisorLost,
+        });
     }
 }

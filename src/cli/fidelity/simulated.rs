@@ -159,7 +159,8 @@ fn trace_kind(fault: FaultKind) -> TraceEventKind {
         FaultKind::Hang => TraceEventKind::Hang,
         FaultKind::TruncateConfig => TraceEventKind::ConfigCorruption,
         FaultKind::Spike => TraceEventKind::Spike,
-        FaultKind::KillSupervisor | FaultKind::KillDaemon => {
+        FaultKind::KillSupervisor => TraceEventKind::SupervisorLoss,
+        FaultKind::KillDaemon => {
             unreachable!("the spec refuses faults the simulator has no model of")
         }
     }

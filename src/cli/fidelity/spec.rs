@@ -201,14 +201,13 @@ impl Spec {
 /// Why a real fault cannot be compared with the simulator yet, if it cannot.
 fn without_a_model(kind: FaultKind) -> Option<&'static str> {
     match kind {
-        FaultKind::Kill | FaultKind::Hang | FaultKind::TruncateConfig => None,
+        FaultKind::Kill
+        | FaultKind::Hang
+        | FaultKind::TruncateConfig
+        | FaultKind::KillSupervisor => None,
         FaultKind::KillDaemon => Some(
             "kill-daemon restarts the daemon, which fidelity does not own; run it with \
              `carapace chaos --restart-with`",
-        ),
-        FaultKind::KillSupervisor => Some(
-            "the simulator does not model a pod's supervisor dying apart from its agent; \
-             measure it with `carapace chaos`",
         ),
         // The kernel picks a real spike's victim among the pod's processes (often the
         // allocator itself), while the simulator grows the agent's own memory: the two
@@ -250,7 +249,7 @@ mod tests {
     fn the_example_file_parses() {
         let text = include_str!("../../../fidelity/openclaw.toml");
         let spec = Spec::parse(text, Path::new("fidelity/openclaw.toml")).expect("parses");
-        assert_eq!(spec.rounds().len(), 24);
+        assert_eq!(spec.rounds().len(), 32);
         assert_eq!(spec.agent_name(2), "claw-3");
     }
 
