@@ -38,6 +38,12 @@ function fill(el, attrs, children) {
   return el;
 }
 
+// Replaces an element's children; like `h`, it skips null and flattens arrays.
+function put(el, ...children) {
+  el.replaceChildren();
+  return fill(el, {}, children);
+}
+
 const $ = (id) => document.getElementById(id);
 
 // ---------------------------------------------------------------------------------------------
@@ -284,7 +290,7 @@ async function route() {
   showChrome(true);
   live.start();
   const main = $('main');
-  main.replaceChildren(h('p', { className: 'muted' }, 'Loading…'));
+  put(main, h('p', { className: 'muted' }, 'Loading…'));
   const args = pattern.exec(hash).slice(1).map((a) => (a === undefined ? '' : decodeURIComponent(a)));
   try {
     current.refresh = await page(main, ...args);
@@ -310,7 +316,7 @@ function showError(error) {
 // A section whose content a refresh replaces, leaving the rest of the page (filters) alone.
 function region(main, ...before) {
   const content = h('div', { className: 'content' });
-  main.replaceChildren(...before, content);
+  put(main, ...before, content);
   return content;
 }
 
@@ -329,7 +335,7 @@ function loginPage() {
   const form = h('form', { id: 'login', onsubmit: (event) => { event.preventDefault(); login(input.value.trim(), error); } },
     h('label', { for: 'token' }, 'API token', input),
     h('button', { type: 'submit' }, 'Log in'));
-  $('main').replaceChildren(h('section', { className: 'login card' },
+  put($('main'), h('section', { className: 'login card' },
     h('h1', {}, 'Log in'),
     h('p', { className: 'muted' }, 'The admin token is the daemon\'s token file (data_dir/token); a tenant\'s token was shown once, when the tenant was created.'),
     form, error));
@@ -395,12 +401,12 @@ async function fleetPage(main, query) {
     ]);
     const tenants = [...new Set(agents.map((a) => a.tenant))].sort((a, b) => a - b);
     const keep = tenantSelect.value || filter.tenant;
-    tenantSelect.replaceChildren(h('option', { value: '' }, 'every tenant'),
+    put(tenantSelect, h('option', { value: '' }, 'every tenant'),
       tenants.map((t) => h('option', { value: t }, `tenant ${t}`)));
     tenantSelect.value = keep;
     const shown = agents.filter((a) => (!filter.tenant || String(a.tenant) === filter.tenant)
       && (!filter.state || stateOf(a).key === filter.state));
-    content.replaceChildren(counts(agents), ...nodeCards(nodes, shown),
+    put(content, counts(agents), ...nodeCards(nodes, shown),
       shown.length ? null : h('p', { className: 'muted', id: 'no-agents' },
         agents.length ? 'No agent matches the filters.' : 'No agents yet.'));
   };
@@ -496,7 +502,7 @@ async function agentPage(main, tenant, name) {
       agent = await api('GET', agentPath(tenant, name));
     } catch (error) {
       if (error.status !== 404) throw error;
-      content.replaceChildren(h('p', { className: 'notice error', id: 'not-found' }, error.message));
+      put(content, h('p', { className: 'notice error', id: 'not-found' }, error.message));
       return;
     }
     const [versions, memory, events] = await Promise.all([
@@ -512,7 +518,7 @@ async function agentPage(main, tenant, name) {
       session.admin() && agent.node !== null && agent.node !== undefined
         ? h('button', { type: 'button', id: 'drain', onclick: act('Drain node', `Drain node ${agent.node}? No agent is placed on it any more and its agents move to other nodes.`, 'POST', `/v1/nodes/${agent.node}/drain`) }, `Drain node ${agent.node}`)
         : null);
-    content.replaceChildren(
+    put(content,
       h('p', {}, badge(state)),
       h('section', { className: 'card' }, h('dl', { className: 'facts' },
         fact('Status', agent.status, 'status'),
@@ -589,17 +595,20 @@ function memoryChart(memory) {
   if (points.length < 2) return h('p', { className: 'muted', id: 'memory' }, 'Not enough memory samples yet.');
   const t0 = points[0].at_ms;
   const t1 = Math.max(points[points.length - 1].at_ms, t0 + 1);
-  const top = Math.max(memory.memory_limit_bytes, ...points.map((p) => p.bytes), 1);
+  // Scaled to the samples, not to the limit: an agent far below its limit still shows its
+  // shape. The limit line is drawn when it is in range; the caption always says it.
+  const top = Math.max(...points.map((p) => p.bytes), 1) * 1.25;
   const x = (t) => ((1000 * (t - t0)) / (t1 - t0)).toFixed(1);
   const y = (b) => (200 - (200 * b) / top).toFixed(1);
   const last = points[points.length - 1];
   const peak = Math.max(...points.map((p) => p.bytes));
-  const text = `${points.length} samples over ${seconds(t1 - t0)}: now ${bytes(last.bytes)}, peak ${bytes(peak)}, limit ${bytes(memory.memory_limit_bytes)}`;
+  const text = `${points.length} samples over ${seconds(t1 - t0)}: now ${bytes(last.bytes)}, peak ${bytes(peak)}, limit ${bytes(memory.memory_limit_bytes)}${memory.memory_limit_bytes <= top ? ' (dashed)' : ', off the chart'}`;
   return h('figure', { id: 'memory' },
     svg('svg', { className: 'chart', viewBox: '0 0 1000 200', preserveAspectRatio: 'none', role: 'img', 'aria-label': text },
-      svg('line', { className: 'limit', x1: 0, x2: 1000, y1: y(memory.memory_limit_bytes), y2: y(memory.memory_limit_bytes) }),
+      memory.memory_limit_bytes <= top
+        ? svg('line', { className: 'limit', x1: 0, x2: 1000, y1: y(memory.memory_limit_bytes), y2: y(memory.memory_limit_bytes) }) : null,
       svg('polyline', { className: 'series', points: points.map((p) => `${x(p.at_ms)},${y(p.bytes)}`).join(' ') })),
-    h('figcaption', { className: 'legend' }, `${text} (dashed)`));
+    h('figcaption', { className: 'legend' }, text));
 }
 
 // A confirmation for every action, in a dialog the page owns (a test can see and press it).
@@ -630,10 +639,10 @@ async function incidentsPage(main) {
   return async () => {
     const { incidents, now_ms: nowMs } = await api('GET', '/v1/incidents');
     if (!incidents.length) {
-      content.replaceChildren(h('p', { className: 'muted', id: 'no-incidents' }, 'No incidents.'));
+      put(content, h('p', { className: 'muted', id: 'no-incidents' }, 'No incidents.'));
       return;
     }
-    content.replaceChildren(h('div', { className: 'scroll' }, h('table', { id: 'incidents' },
+    put(content, h('div', { className: 'scroll' }, h('table', { id: 'incidents' },
       h('thead', {}, h('tr', {}, ['Agent', 'Tenant', 'Cause', 'Rung', 'Detected', 'Recovered in', ''].map((c) => h('th', {}, c)))),
       h('tbody', {}, [...incidents].reverse().map((i) => h('tr', { 'data-agent': i.agent, 'data-seq': i.detected_seq },
         h('td', {}, h('a', { href: agentHref({ tenant: i.tenant, name: i.agent }) }, i.agent)),
@@ -653,7 +662,7 @@ async function incidentPage(main, seq) {
       api('GET', '/v1/incidents'), api('GET', '/v1/events'), api('GET', '/v1/alerts')]);
     const incident = incidents.find((i) => String(i.detected_seq) === seq);
     if (!incident) {
-      content.replaceChildren(h('p', { className: 'notice error', id: 'not-found' }, `No incident ${seq} in the daemon's recent feed.`));
+      put(content, h('p', { className: 'notice error', id: 'not-found' }, `No incident ${seq} in the daemon's recent feed.`));
       return;
     }
     const end = incident.recovered_at_ms ?? Infinity;
@@ -661,7 +670,7 @@ async function incidentPage(main, seq) {
       && e.seq >= incident.detected_seq - 5 && e.at_ms <= end);
     const alert = incident.alerted
       ? alerts.alerts.find((a) => a.tenant === incident.tenant && a.at >= incident.detected_at_ms) : null;
-    content.replaceChildren(
+    put(content,
       h('section', { className: 'card' }, h('dl', { className: 'facts' },
         fact('Agent', incident.agent, 'agent'),
         fact('Tenant', incident.tenant),
@@ -705,16 +714,16 @@ async function simulationsPage(main) {
     input.addEventListener('change', async () => {
       try {
         runs[key] = await readReport(input.files);
-        out.replaceChildren(...runView(runs[key]));
+        put(out, ...runView(runs[key]));
       } catch (error) {
         runs[key] = null;
-        out.replaceChildren(h('p', { className: 'notice error' }, `${label}: ${error.message}`));
+        put(out, h('p', { className: 'notice error' }, `${label}: ${error.message}`));
       }
-      compare.replaceChildren(...(runs.a && runs.b ? comparison(runs.a, runs.b) : []));
+      put(compare, ...(runs.a && runs.b ? comparison(runs.a, runs.b) : []));
     });
     return h('section', { className: 'card' }, h('h2', {}, label), h('label', { for: `report-${key}` }, 'Report directory (carapace sim --out DIR)', input), out);
   };
-  main.replaceChildren(h('h1', {}, 'Simulations'),
+  put(main, h('h1', {}, 'Simulations'),
     h('p', { className: 'muted' }, 'Open the directory a run of carapace sim wrote. Its files are read here, in the browser; nothing is uploaded.'),
     h('div', { className: 'runs' }, slot('a', 'Run A'), slot('b', 'Run B')),
     compare);
