@@ -8,6 +8,10 @@ mod chaos;
 mod check;
 #[path = "cli/common.rs"]
 mod common;
+// A real daemon and a real browser, in real time.
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)]
+#[path = "cli/dashboard.rs"]
+mod dashboard;
 #[path = "cli/explore.rs"]
 mod explore;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]

@@ -2,6 +2,7 @@
 //! `/healthz`. Handlers do not touch the daemon: they send a [`Request`] to its loop and
 //! wait for the answer, so every change goes through the one place that journals it.
 
+use super::actions::RestoreRequest;
 use super::agents::AgentRequest;
 use super::daemon::ApiError;
 use super::feed::FeedEntry;
@@ -12,7 +13,7 @@ use axum::extract::{Extension, Path, Query, Request as HttpRequest, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -52,14 +53,37 @@ pub enum Request {
         secret: String,
         value: Option<String>,
     },
+    /// An agent's recent memory samples.
+    Memory {
+        tenant: u32,
+        name: String,
+    },
+    /// An operator's action on an agent.
+    Act {
+        tenant: u32,
+        name: String,
+        action: Action,
+    },
+    DrainNode {
+        node: u32,
+    },
     Events {
         after: u64,
     },
+    Incidents,
     Alerts,
     Nodes,
     Metrics,
     Tenants,
     CreateTenant(TenantRequest),
+}
+
+/// What an operator asks of one agent (see [`super::actions`]).
+#[derive(Debug)]
+pub enum Action {
+    Restart,
+    Recreate,
+    Restore(RestoreRequest),
 }
 
 pub type Answer = Result<Value, ApiError>;
@@ -96,6 +120,12 @@ pub fn router(
             get(show_agent).put(update_agent).delete(delete_agent),
         )
         .route("/v1/agents/{name}/versions", get(agent_versions))
+        .route("/v1/agents/{name}/memory", get(agent_memory))
+        .route("/v1/agents/{name}/restart", post(restart_agent))
+        .route("/v1/agents/{name}/recreate", post(recreate_agent))
+        .route("/v1/agents/{name}/restore", post(restore_agent))
+        .route("/v1/nodes/{node}/drain", post(drain_node))
+        .route("/v1/incidents", get(incidents))
         .route("/v1/agents/{name}/secrets", get(list_secrets))
         .route(
             "/v1/agents/{name}/secrets/{secret}",
@@ -109,11 +139,14 @@ pub fn router(
         .route("/v1/tenants", get(tenants).post(create_tenant))
         .route("/openapi.json", get(openapi))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    // The dashboard's pages hold no data (they read it through the guarded routes above, with
+    // the token the operator typed in), so they are served to anyone who can reach the API.
     Router::new()
         .route(
             "/healthz",
             get(|| async { axum::Json(json!({"ok": true})) }),
         )
+        .merge(super::dashboard::router())
         .merge(guarded)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .with_state(state)
@@ -292,6 +325,88 @@ async fn agent_versions(
         name,
     })
     .await
+}
+
+async fn agent_memory(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    scope: Scoped,
+) -> Response {
+    ask_scoped(&state, caller, scope, |tenant| Request::Memory {
+        tenant,
+        name,
+    })
+    .await
+}
+
+async fn restart_agent(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    scope: Scoped,
+) -> Response {
+    ask_scoped(&state, caller, scope, |tenant| Request::Act {
+        tenant,
+        name,
+        action: Action::Restart,
+    })
+    .await
+}
+
+async fn recreate_agent(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    scope: Scoped,
+) -> Response {
+    ask_scoped(&state, caller, scope, |tenant| Request::Act {
+        tenant,
+        name,
+        action: Action::Recreate,
+    })
+    .await
+}
+
+async fn restore_agent(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    scope: Scoped,
+    body: Result<axum::Json<RestoreRequest>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(axum::Json(request)) => {
+            ask_scoped(&state, caller, scope, |tenant| Request::Act {
+                tenant,
+                name,
+                action: Action::Restore(request),
+            })
+            .await
+        }
+        Err(rejection) => bad_body(rejection),
+    }
+}
+
+async fn drain_node(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    node: Result<Path<u32>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    match node {
+        Ok(Path(node)) => ask(&state, caller, Request::DrainNode { node }).await,
+        Err(_) => error(
+            StatusCode::BAD_REQUEST,
+            "node: must be a node id (a number)",
+        ),
+    }
+}
+
+async fn incidents(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    ask(&state, caller, Request::Incidents).await
 }
 
 async fn create_agent(

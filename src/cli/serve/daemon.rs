@@ -74,6 +74,8 @@ pub struct Daemon {
     /// The last process each agent's pod spawned, for operators and chaos.
     pub agent_pids: BTreeMap<AgentId, (Instance, u32)>,
     pub feed: VecDeque<FeedEntry>,
+    /// Each agent's recent memory samples, for the dashboard.
+    pub(super) memory: super::memory::MemoryHistory,
     /// Each new feed entry, for the API's event streams.
     pub feed_live: tokio::sync::broadcast::Sender<FeedEntry>,
     pub(super) feed_seq: u64,
@@ -116,6 +118,7 @@ impl Daemon {
             alerts: VecDeque::new(),
             agent_pids: BTreeMap::new(),
             feed: VecDeque::new(),
+            memory: super::memory::MemoryHistory::default(),
             feed_live: tokio::sync::broadcast::channel(FEED_STREAM_BACKLOG).0,
             feed_seq: 0,
             replayed: Replayed::default(),

@@ -120,6 +120,7 @@ impl Daemon {
         self.names.remove(&(tenant, name.to_owned()));
         self.agents.remove(&id);
         self.secrets.remove(&id);
+        self.memory.forget(id);
         Ok(())
     }
 

@@ -2,14 +2,18 @@
 //! decisions out as pods on this machine, with a durable store, a journal every decision can
 //! be replayed from, and an HTTP API.
 
+mod actions;
 pub(crate) mod agents;
 mod api;
 mod clock;
 pub(crate) mod config;
 mod daemon;
+mod dashboard;
 mod desired;
 mod driver;
 mod feed;
+mod incidents;
+mod memory;
 mod reports;
 mod restart;
 mod secrets;
@@ -181,7 +185,7 @@ fn answer(daemon: &mut Daemon, caller: Caller, request: Request) -> api::Answer 
     // Fleet-wide routes are the admin's; to a tenant they do not exist.
     let admin_only = matches!(
         request,
-        Request::Nodes | Request::Tenants | Request::CreateTenant(_)
+        Request::Nodes | Request::Tenants | Request::CreateTenant(_) | Request::DrainNode { .. }
     );
     if admin_only && caller != Caller::Admin {
         return Err(ApiError::NotFound("no such route".into()));
@@ -236,6 +240,42 @@ fn answer(daemon: &mut Daemon, caller: Caller, request: Request) -> api::Answer 
             daemon.set_secret(tenant, &name, &secret, value.as_deref())?;
             Ok(json!({ "secret": secret, "set": set }))
         }
+        Request::Memory { tenant, name } => {
+            let id = daemon.id_of(tenant, &name)?;
+            Ok(json!({
+                "name": name,
+                "memory_limit_bytes": daemon.agents[&id].request.memory_limit.0,
+                "points": daemon.memory.points(id),
+            }))
+        }
+        Request::Act {
+            tenant,
+            name,
+            action,
+        } => act(daemon, tenant, &name, action),
+        Request::DrainNode { node } => {
+            daemon.drain(node)?;
+            Ok(json!({ "draining": node }))
+        }
+        Request::Incidents => {
+            let seen = daemon
+                .feed
+                .iter()
+                .filter(|e| caller == Caller::Admin || e.tenant.is_some_and(|t| caller.sees(t)));
+            let store = daemon.store_path().display().to_string();
+            let incidents: Vec<Value> = incidents::incidents(seen)
+                .into_iter()
+                .map(|incident| {
+                    // The journal up to the incident's end replays every decision it saw.
+                    let until = incident.recovered_at_ms.unwrap_or(daemon.clock.now().0);
+                    let mut view = json!(incident);
+                    view["replay_command"] =
+                        json!(format!("carapace replay {store} --until {until}"));
+                    view
+                })
+                .collect();
+            Ok(json!({ "now_ms": daemon.clock.now().0, "incidents": incidents }))
+        }
         Request::Events { after } => {
             let events: Vec<_> = daemon
                 .feed
@@ -259,7 +299,15 @@ fn answer(daemon: &mut Daemon, caller: Caller, request: Request) -> api::Answer 
                 .controller
                 .node(LOCAL_NODE)
                 .ok_or_else(|| ApiError::NotFound("the local node has not joined".into()))?;
-            Ok(json!({ "nodes": [{ "id": LOCAL_NODE.0, "memory": node }] }))
+            let density = &daemon.controller.config().density;
+            let watermarks = json!({
+                "stop_placing": density.watermark_stop_placing,
+                "migrate": density.watermark_migrate,
+                "evict": density.watermark_evict,
+            });
+            Ok(
+                json!({ "nodes": [{ "id": LOCAL_NODE.0, "memory": node, "watermarks": watermarks }] }),
+            )
         }
         Request::Metrics => Ok(Value::String(metrics(daemon, caller))),
         Request::Tenants => {
@@ -278,6 +326,22 @@ fn answer(daemon: &mut Daemon, caller: Caller, request: Request) -> api::Answer 
     }
 }
 
+/// Carries out an operator's action; answers with the agent as it is now.
+fn act(daemon: &mut Daemon, tenant: u32, name: &str, action: api::Action) -> api::Answer {
+    let id = daemon.id_of(tenant, name)?;
+    let done = match action {
+        api::Action::Restart => json!({ "restarted": daemon.restart(tenant, name)? }),
+        api::Action::Recreate => {
+            json!({ "config_version": daemon.recreate(tenant, name)?.version.config })
+        }
+        api::Action::Restore(request) => {
+            let record = daemon.restore(tenant, name, request)?;
+            json!({ "restored": request.config_version, "config_version": record.version.config })
+        }
+    };
+    Ok(json!({ "done": done, "agent": agent_view(daemon, id) }))
+}
+
 fn agent_view(daemon: &Daemon, id: carapace_engine::AgentId) -> Value {
     let mut view = daemon.agents[&id].view();
     if let Some(status) = daemon.controller.agent(id) {
@@ -287,6 +351,7 @@ fn agent_view(daemon: &Daemon, id: carapace_engine::AgentId) -> Value {
         view["known_good"] = json!(status.known_good);
         view["latest_snapshot"] = json!(status.latest_snapshot.map(|s| s.0));
         view["rung"] = json!(status.rung);
+        view["node"] = json!(status.node.map(|n| n.0));
         view["reservation_bytes"] = json!(status.reservation_bytes);
         let dir = daemon.driver.pod_dir(id, status.instance);
         if dir.root().exists() {

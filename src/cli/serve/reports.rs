@@ -96,11 +96,15 @@ impl Daemon {
                     oom_killed,
                 }]
             }
-            Event::Memory { rss_bytes, .. } => vec![Input::SampleMemory {
-                agent,
-                instance,
-                memory_bytes: rss_bytes,
-            }],
+            Event::Memory { rss_bytes, .. } => {
+                self.memory
+                    .record(agent, self.clock.now(), instance.0, rss_bytes);
+                vec![Input::SampleMemory {
+                    agent,
+                    instance,
+                    memory_bytes: rss_bytes,
+                }]
+            }
             Event::Escalated { reason, .. } => vec![Input::Escalate {
                 agent,
                 instance,
