@@ -145,20 +145,22 @@ fn summary(comparison: &Comparison, sim: &simulated::SimRun) -> String {
             }
         );
     }
-    text.push_str("\n## Latencies fitted to the real run\n\n| field | real phase | n | median | p90 | KS of the fit |\n|---|---|---|---|---|---|\n");
+    text.push_str("\n## Latencies from the real run\n\n| field | real phase | n | simulated as | log-normal fit (median, p90) | KS of the fit |\n|---|---|---|---|---|---|\n");
     for fitted in &sim.fitted {
+        let model = sim
+            .models
+            .iter()
+            .find(|(field, _)| *field == fitted.field)
+            .map_or("the default".into(), |(_, dist)| describe(dist));
         let _ = writeln!(
             text,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {model} | {} | {} |",
             fitted.field,
             fitted.phase,
             fitted.samples,
             fitted
                 .fit
-                .map_or("default".into(), |f| format!("{} ms", f.median.0)),
-            fitted
-                .fit
-                .map_or("default".into(), |f| format!("{} ms", f.p90.0)),
+                .map_or("-".into(), |f| format!("{} ms, {} ms", f.median.0, f.p90.0)),
             fitted.fit.map_or("-".into(), |f| format!("{:.3}", f.ks)),
         );
     }
@@ -172,6 +174,17 @@ fn summary(comparison: &Comparison, sim: &simulated::SimRun) -> String {
         }
     );
     text
+}
+
+fn describe(dist: &carapace_sim::scenario::Dist) -> String {
+    use carapace_sim::scenario::Dist;
+    match dist {
+        Dist::Constant { value } => format!("constant {} ms", value.0.0),
+        Dist::Uniform { min, max } => format!("uniform {}–{} ms", min.0.0, max.0.0),
+        Dist::LogNormal { median, p90 } => {
+            format!("log-normal, median {} ms, p90 {} ms", median.0.0, p90.0.0)
+        }
+    }
 }
 
 fn write_report(

@@ -27,8 +27,10 @@ pub struct SimRun {
     /// resolved it (4: an alert; 0: no incident) and its recovery.
     pub rounds: Vec<Vec<(u8, Option<u64>)>>,
     pub provisioning_ms: Vec<u64>,
-    /// The fitted latencies the scenario uses.
+    /// The log-normal fits of the real phases, with their sample sizes.
     pub fitted: Vec<Fitted>,
+    /// What the scenario uses for each phase seen.
+    pub models: Vec<(&'static str, Dist)>,
 }
 
 /// The scenario of the simulated side; its event trace is `events`.
@@ -36,7 +38,7 @@ pub fn scenario(
     spec: &Spec,
     config: &ServeConfig,
     real: &RealRun,
-    fitted: &[Fitted],
+    models: &[(&'static str, Dist)],
 ) -> (Scenario, Vec<TraceEvent>) {
     let ms = |v| Span(Millis(v));
     let template = &spec.agent;
@@ -75,29 +77,16 @@ pub fn scenario(
         snapshot_restore: Dist::Constant { value: ms(0) },
         ..Latency::default()
     };
-    let pods = &config.pods;
-    // A real boot is timed to the ready observation, which waits for the next startup probe;
-    // the simulator adds that wait itself, so the fit loses its mean: half an interval.
-    let probe_wait = Millis(pods.startup_probe_interval.0.0 / 2);
-    for fitted in fitted {
-        let Some(fit) = fitted.fit else { continue };
-        let lag = match fitted.field {
-            "boot" | "boot_after_crash" => probe_wait,
-            _ => Millis::ZERO,
-        };
-        let median = Millis(fit.median.0.saturating_sub(lag.0).max(1));
-        let dist = Dist::LogNormal {
-            median: Span(median),
-            p90: Span(Millis(fit.p90.0.saturating_sub(lag.0).max(median.0))),
-        };
-        match fitted.field {
-            "boot" => latency.boot = dist,
-            "boot_after_crash" => latency.boot_after_crash = dist,
-            "validate" => latency.validate = dist,
-            "stop" => latency.stop = dist,
+    for (field, dist) in models {
+        match *field {
+            "boot" => latency.boot = *dist,
+            "boot_after_crash" => latency.boot_after_crash = *dist,
+            "validate" => latency.validate = *dist,
+            "stop" => latency.stop = *dist,
             other => unreachable!("calibrate fits no field `{other}`"),
         }
     }
+    let pods = &config.pods;
     let events: Vec<TraceEvent> = real
         .rounds
         .iter()
@@ -173,19 +162,29 @@ pub fn run(
     real: &RealRun,
 ) -> anyhow::Result<(SimRun, Scenario, Vec<TraceEvent>)> {
     let mut samples: BTreeMap<String, Vec<u64>> = real.phases.clone();
-    // A small run sees few restarts: every sample counts, and a phase never seen takes its
-    // sibling's fit rather than a default measured on another agent.
-    let mut fitted = fit_phases(&mut samples, 1);
-    let boot = fitted
-        .iter()
-        .find(|f| f.field == "boot")
-        .and_then(|f| f.fit);
-    for phase in &mut fitted {
-        if phase.field == "boot_after_crash" && phase.fit.is_none() {
-            phase.fit = boot;
-        }
+    let fitted = fit_phases(&mut samples, 1);
+    // A phase never seen takes its sibling's samples rather than a default measured on
+    // another agent.
+    if samples.get("boot_after_crash").is_none_or(Vec::is_empty)
+        && let Some(boot) = samples.get("boot").cloned()
+    {
+        samples.insert("boot_after_crash".into(), boot);
     }
-    let (scenario, events) = scenario(spec, config, real, &fitted);
+    // A real boot is timed to the ready observation, which waits for the next startup probe;
+    // the simulator adds that wait itself, so the model loses its mean: half an interval.
+    let probe_wait = config.pods.startup_probe_interval.0.0 / 2;
+    let models: Vec<(&'static str, Dist)> = fitted
+        .iter()
+        .filter_map(|f| {
+            let lag = match f.field {
+                "boot" | "boot_after_crash" => probe_wait,
+                _ => 0,
+            };
+            let values = samples.get(f.phase)?;
+            model(values, spec.judge.min_samples, lag).map(|dist| (f.field, dist))
+        })
+        .collect();
+    let (scenario, events) = scenario(spec, config, real, &models);
     let scheduled: Vec<(u32, u64)> = real.rounds.iter().map(|r| (r.agent, r.at_ms)).collect();
     let mut rounds: Vec<Vec<(u8, Option<u64>)>> = vec![Vec::new(); real.rounds.len()];
     let mut provisioning_ms = Vec::new();
@@ -223,8 +222,32 @@ pub fn run(
             rounds,
             provisioning_ms,
             fitted,
+            models,
         },
         scenario,
         events,
     ))
+}
+
+/// The simulator's distribution for one phase's sorted samples, `lag` ms earlier: the
+/// log-normal by median and p90 once there are `min_samples`; before that, the observed
+/// range, uniform — a log-normal through three samples of a bimodal phase (a stop that is
+/// instant, or waits out the grace period) has a tail that reaches minutes.
+fn model(sorted: &[u64], min_samples: usize, lag: u64) -> Option<Dist> {
+    let at = |v: u64| Span(Millis(v.saturating_sub(lag).max(1)));
+    let (&low, &high) = (sorted.first()?, sorted.last()?);
+    Some(if sorted.len() >= min_samples.max(3) {
+        let fit = crate::cli::calibrate::Fit::of(sorted);
+        Dist::LogNormal {
+            median: at(fit.median.0),
+            p90: at(fit.p90.0),
+        }
+    } else if low == high {
+        Dist::Constant { value: at(low) }
+    } else {
+        Dist::Uniform {
+            min: at(low),
+            max: at(high),
+        }
+    })
 }
