@@ -168,7 +168,13 @@ pub fn parse(text: &str, path: &Path) -> Result<ServeConfig, String> {
             path.display()
         ));
     }
+    // Absolute: pods run their agents and validators in their own directories, where a
+    // path relative to the daemon's working directory would name nothing.
     let base = path.parent().unwrap_or(Path::new("."));
+    let base = match std::env::current_dir() {
+        Ok(cwd) => cwd.join(base),
+        Err(_) => base.to_owned(),
+    };
     if config.data_dir.is_relative() {
         config.data_dir = base.join(&config.data_dir);
     }
@@ -232,6 +238,13 @@ mod tests {
         let path = dir.join("carapace.toml");
         std::fs::write(&path, text).expect("write");
         (dir, path)
+    }
+
+    #[test]
+    fn a_config_named_by_a_relative_path_gets_an_absolute_data_dir() {
+        let config = parse("data_dir = \"data\"\n", Path::new("carapace.toml")).expect("parses");
+        assert!(config.data_dir.is_absolute(), "{:?}", config.data_dir);
+        assert!(config.api.token_file.is_absolute());
     }
 
     #[test]
