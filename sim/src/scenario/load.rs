@@ -275,6 +275,9 @@ fn check(s: &Scenario) -> Vec<(String, String)> {
             problem(&format!("probes.{name}"), "must be positive");
         }
     }
+    if probes.timeout.ms() > 3_600_000 {
+        problem("probes.timeout", "must be at most 1h");
+    }
     if !(0.0..1.0).contains(&probes.memory_deadband) {
         problem("probes.memory_deadband", "must be in [0, 1)");
     }

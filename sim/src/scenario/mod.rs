@@ -280,6 +280,10 @@ pub struct Probes {
     pub startup_interval: Span,
     /// Liveness probe period once healthy.
     pub interval: Span,
+    /// A probe that gets no answer fails after this long, and the next one starts no sooner:
+    /// a hung agent's failures come `max(interval, timeout)` apart, each `timeout` after its
+    /// probe began. Zero: a hang fails its probe at once.
+    pub timeout: Span,
     /// Memory sampling period.
     pub memory_interval: Span,
     /// A sample is forwarded to the engine only when it moved by this fraction since the last
@@ -298,6 +302,7 @@ impl Default for Probes {
         Probes {
             startup_interval: ms(1_000),
             interval: ms(5_000),
+            timeout: ms(0),
             memory_interval: ms(30_000),
             memory_deadband: 0.03,
             memory_max_silence: ms(6 * 3_600_000),

@@ -84,7 +84,7 @@ impl Simulation {
                 let since_ready = self.now.saturating_since(process.ready_at).0;
                 let next_probe = process.ready_at + Millis((since_ready / interval + 1) * interval);
                 self.queue.push(
-                    next_probe,
+                    next_probe + self.scenario.probes.timeout.0,
                     Event::ProbeFail {
                         agent: id,
                         life: process.life,

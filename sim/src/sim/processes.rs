@@ -82,9 +82,10 @@ impl Simulation {
                 instance: pod.instance,
             },
         );
-        let interval = self.scenario.probes.interval.0;
+        let probes = &self.scenario.probes;
+        let period = probes.interval.0.max(probes.timeout.0);
         self.queue
-            .push(self.now + interval, Event::ProbeFail { agent: id, life });
+            .push(self.now + period, Event::ProbeFail { agent: id, life });
     }
 
     pub(super) fn spawn(&mut self, id: AgentId, boot: Dist) {

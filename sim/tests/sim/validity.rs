@@ -55,6 +55,56 @@ fn hang_detection_averages_half_the_probe_interval() {
     assert_eq!(report.summary.invariant_violation, None);
 }
 
+/// The same hangs with a probe timeout τ: each failing probe is seen τ after it began, so
+/// detection is uniform on (τ, T + τ], mean T/2 + τ.
+#[test]
+fn a_probe_timeout_delays_hang_detection_by_exactly_itself() {
+    let (interval_ms, timeout_ms) = (10_000.0, 4_000.0);
+    let scenario = parse(
+        r#"
+        name = "hangs-with-timeout"
+        seed = 7
+        duration = "2d"
+        warmup = "30m"
+        [fleet]
+        nodes = 40
+        node_memory = "64GiB"
+        tenants = 20
+        [[fleet.classes]]
+        name = "a"
+        agents = 2000
+        memory_limit = "1GiB"
+        memory_request = "256MiB"
+        memory = { baseline = "200MiB" }
+        faults = { hangs_per_day = 2.0 }
+        [probes]
+        interval = "10s"
+        timeout = "4s"
+        "#,
+    );
+    let report = Report::of(&run(scenario, Vec::new()));
+    let detections: Vec<f64> = report
+        .incidents
+        .iter()
+        .filter(|i| i.fault == Fault::Hang)
+        .map(|i| i.detection_ms.expect("every hang is detected") as f64)
+        .collect();
+    assert!(detections.len() > 5_000, "{} hangs", detections.len());
+    assert!(
+        detections
+            .iter()
+            .all(|&d| d > timeout_ms && d <= interval_ms + timeout_ms),
+        "a hang detected outside (τ, T + τ]"
+    );
+    let mean = detections.iter().sum::<f64>() / detections.len() as f64;
+    let expected = interval_ms / 2.0 + timeout_ms;
+    assert!(
+        (mean / expected - 1.0).abs() < 0.03,
+        "mean hang detection {mean} ms; T/2 + τ = {expected} ms"
+    );
+    assert_eq!(report.summary.invariant_violation, None);
+}
+
 /// Crash recovery is detection (the exit is seen at once) plus a restart in place (the first
 /// is immediate), a boot of constant length B, and the startup probe that sees it ready: a
 /// crash that meets no other fault recovers in [B, B + P].

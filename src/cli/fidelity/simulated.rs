@@ -128,6 +128,7 @@ pub fn scenario(
         probes: Probes {
             startup_interval: pods.startup_probe_interval,
             interval: pods.probe_interval,
+            timeout: pods.probe_timeout,
             memory_interval: pods.memory_interval,
             ..Probes::default()
         },
