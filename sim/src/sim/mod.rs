@@ -262,7 +262,14 @@ impl Simulation {
             loaded.push(s);
         }
         let nodes = (0..scenario.fleet.nodes)
-            .map(|_| SimNode::new(scenario.fleet.node_memory.0, policy.supervisor.clone()))
+            .map(|_| {
+                SimNode::new(
+                    scenario.fleet.node_memory.0,
+                    policy.supervisor.clone(),
+                    &classes,
+                    scenario.probes.memory_max_silence.0,
+                )
+            })
             .collect();
         let end = scenario.duration.0;
         let mut sim = Simulation {
