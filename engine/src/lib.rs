@@ -17,6 +17,7 @@
 mod command;
 mod config;
 mod controller;
+mod digest;
 mod error;
 mod id;
 mod input;

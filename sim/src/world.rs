@@ -4,16 +4,29 @@
 use crate::scenario::{AgentClass, Scenario};
 use carapace_engine::{AgentId, Instance, Millis, NodeId, Supervisor, SupervisorPolicy, Version};
 
+mod steady;
+
+use steady::SteadySum;
+
 #[derive(Debug)]
 pub struct SimNode {
     pub up: bool,
     pub capacity_bytes: u64,
-    /// Agents with a pod here, sorted. Changed only through [`SimNode::add_pod`],
-    /// [`SimNode::remove_pod`] and [`SimNode::clear_pods`], which keep `hot` beside it.
-    pub pods: Vec<AgentId>,
-    /// What the memory tick reads of each agent in `pods`, at the same index: a node's
-    /// agents side by side, so a tick walks one array instead of the whole fleet's.
-    pub hot: Vec<PodHot>,
+    /// Agents with a pod here, sorted, and beside each at the same index the hot copy of what
+    /// the memory tick reads of it: a node's agents side by side, so a tick walks one array
+    /// instead of the whole fleet's. Changed only through the methods below, which keep
+    /// `steady` and `next_attention` true to them.
+    pods: Vec<AgentId>,
+    hot: Vec<PodHot>,
+    /// Per class, the exact memory total of the pods whose copy is `summed`.
+    steady: Vec<SteadySum>,
+    /// Per class, the memory limit (an attention bound: a pod at its limit is killed).
+    limits: Vec<u64>,
+    /// The deadband's silence bound: a sample this old is forwarded whatever its value.
+    max_silence: Millis,
+    /// No pod needs attention before this (a lower bound: never later than the earliest
+    /// `attention_at`).
+    next_attention: Millis,
     /// Versions pulled onto this machine (a short list: fleets run a few versions at once).
     pub versions: Vec<Version>,
     pub supervisor: Supervisor,
@@ -24,12 +37,24 @@ pub struct SimNode {
 }
 
 impl SimNode {
-    pub fn new(capacity_bytes: u64, policy: SupervisorPolicy) -> SimNode {
+    pub fn new(
+        capacity_bytes: u64,
+        policy: SupervisorPolicy,
+        classes: &[ClassModel],
+        max_silence: Millis,
+    ) -> SimNode {
         SimNode {
             up: true,
             capacity_bytes,
             pods: Vec::new(),
             hot: Vec::new(),
+            steady: classes
+                .iter()
+                .map(|c| SteadySum::new(c.growth_bytes_per_day))
+                .collect(),
+            limits: classes.iter().map(|c| c.limit_bytes).collect(),
+            max_silence,
+            next_attention: Millis(u64::MAX),
             versions: Vec::new(),
             supervisor: Supervisor::new(policy),
             supervisor_wake: None,
@@ -38,19 +63,58 @@ impl SimNode {
         }
     }
 
-    /// Lists `agent` here (if it is not yet) and sets its hot copy.
-    pub fn add_pod(&mut self, agent: AgentId, hot: PodHot) {
-        match self.pods.binary_search(&agent) {
-            Ok(i) => self.hot[i] = hot,
+    /// The agents listed here, sorted.
+    pub fn pods(&self) -> &[AgentId] {
+        &self.pods
+    }
+
+    /// The hot copies, at the indices of [`SimNode::pods`].
+    pub fn hot(&self) -> &[PodHot] {
+        &self.hot
+    }
+
+    /// No pod needs the tick's attention before this.
+    pub fn next_attention(&self) -> Millis {
+        self.next_attention
+    }
+
+    /// Lists `agent` here (if it is not yet) and sets its hot copy, as of `now`.
+    pub fn set_pod(&mut self, agent: AgentId, mut hot: PodHot, now: Millis) {
+        hot.summed = false;
+        let i = match self.pods.binary_search(&agent) {
+            Ok(i) => {
+                self.unsum(i);
+                i
+            }
             Err(i) => {
                 self.pods.insert(i, agent);
                 self.hot.insert(i, hot);
+                i
             }
+        };
+        self.hot[i] = hot;
+        self.classify(i, now);
+    }
+
+    /// Rewrites the hot copy of `agent`, if it is listed here.
+    pub fn update_pod(&mut self, agent: AgentId, hot: PodHot, now: Millis) {
+        if self.pods.binary_search(&agent).is_ok() {
+            self.set_pod(agent, hot, now);
+        }
+    }
+
+    /// This node is no longer where `agent`'s pod is: its tick reads the agent itself.
+    pub fn mark_stale(&mut self, agent: AgentId, now: Millis) {
+        if let Ok(i) = self.pods.binary_search(&agent) {
+            self.unsum(i);
+            self.hot[i].slow = true;
+            self.classify(i, now);
         }
     }
 
     pub fn remove_pod(&mut self, agent: AgentId) {
         if let Ok(i) = self.pods.binary_search(&agent) {
+            self.unsum(i);
             self.pods.remove(i);
             self.hot.remove(i);
         }
@@ -59,13 +123,79 @@ impl SimNode {
     /// Takes every pod off this node (it was lost), returning the agents it listed.
     pub fn clear_pods(&mut self) -> Vec<AgentId> {
         self.hot.clear();
+        for sum in &mut self.steady {
+            *sum = SteadySum::new(sum.growth_bytes_per_day());
+        }
+        self.next_attention = Millis(u64::MAX);
         std::mem::take(&mut self.pods)
     }
 
-    /// The hot copy of `agent`, if it is listed here.
-    pub fn hot_mut(&mut self, agent: AgentId) -> Option<&mut PodHot> {
-        let i = self.pods.binary_search(&agent).ok()?;
-        Some(&mut self.hot[i])
+    /// The exact memory total at `now` of the pods whose copies are `summed`.
+    pub fn steady_total(&self, now: Millis) -> u64 {
+        self.steady
+            .iter()
+            .fold(0u64, |total, sum| total.wrapping_add(sum.total(now)))
+    }
+
+    /// Before a tick at `now` that needs attention: pods whose spike has ended join the
+    /// steady sums, and `next_attention` becomes the earliest `attention_at` again.
+    pub fn settle(&mut self, now: Millis) {
+        let mut next = Millis(u64::MAX);
+        for i in 0..self.hot.len() {
+            let hot = self.hot[i];
+            if hot.live && !hot.slow && !hot.summed && now >= hot.spike_until {
+                self.classify(i, now);
+            }
+            next = next.min(self.hot[i].attention_at);
+        }
+        self.next_attention = next;
+    }
+
+    /// Takes pod `i` out of its class's sum, if it is in it.
+    fn unsum(&mut self, i: usize) {
+        let hot = &mut self.hot[i];
+        if hot.summed {
+            hot.summed = false;
+            self.steady[usize::from(hot.class)].remove(hot.baseline_bytes, hot.started_at);
+        }
+    }
+
+    /// Sets `summed` and `attention_at` of pod `i` (not summed yet) from its copy, as of `now`.
+    ///
+    /// A steady pod's memory only grows until its copy is rewritten, so until `attention_at`
+    /// the tick knows, without evaluating it, that its sample stays inside the deadband's sure
+    /// band, under its limit and within the silence bound: swallowed, nothing to do. A pod
+    /// that is not live uses nothing and never needs attention; any other (spiking, slow, or
+    /// whose band is empty or already left) is evaluated at every tick.
+    fn classify(&mut self, i: usize, now: Millis) {
+        let hot = &mut self.hot[i];
+        debug_assert!(!hot.summed, "classified twice");
+        if !hot.live {
+            hot.attention_at = Millis(u64::MAX);
+            return;
+        }
+        if hot.slow || now < hot.spike_until {
+            hot.attention_at = Millis::ZERO;
+            self.next_attention = Millis::ZERO;
+            return;
+        }
+        debug_assert!(hot.started_at <= now, "a process starts in the past");
+        let class = usize::from(hot.class);
+        let sum = &mut self.steady[class];
+        sum.insert(hot.baseline_bytes, hot.started_at);
+        hot.summed = true;
+        let growth = sum.growth_bytes_per_day();
+        let memory = hot.steady_memory(growth, now);
+        hot.attention_at = if hot.skip_lo > hot.skip_hi || memory < hot.skip_lo {
+            Millis::ZERO
+        } else {
+            // The first value that needs attention: past the band, or at the limit.
+            let bound = hot.skip_hi.saturating_add(1).min(self.limits[class]);
+            let leaves = hot.first_reaching(growth, bound);
+            let silent = Millis(hot.last_fed_at.0.saturating_add(self.max_silence.0));
+            leaves.min(silent)
+        };
+        self.next_attention = self.next_attention.min(hot.attention_at);
     }
 }
 
@@ -86,12 +216,17 @@ pub struct PodHot {
     pub skip_lo: u64,
     pub skip_hi: u64,
     pub last_fed_at: Millis,
+    /// Set by the node ([`SimNode::set_pod`]): the first tick time at which this pod must be
+    /// evaluated; before it, its sample is certainly swallowed.
+    pub attention_at: Millis,
     pub class: u16,
     /// The agent has a process.
     pub live: bool,
     /// Read the agent, not this copy: its memory is not `baseline + growth (+ spike)`, or this
     /// node is not (any more) where its pod is.
     pub slow: bool,
+    /// Set by the node: this pod's memory is in its class's steady sum.
+    pub summed: bool,
 }
 
 impl PodHot {
@@ -106,17 +241,35 @@ impl PodHot {
             skip_lo,
             skip_hi,
             last_fed_at: agent.last_fed_at,
+            attention_at: Millis::ZERO,
             class: agent.class,
             live: agent.process.is_some(),
             slow: agent.trace.is_some() || agent.process.is_some_and(|p| p.memory_high.is_some()),
+            summed: false,
         }
     }
 
     /// Memory of the process at `now`, when neither `slow` nor spiking (`now >= spike_until`):
     /// exactly [`modelled_memory`] in that case.
-    pub fn steady_memory(&self, class: &ClassModel, now: Millis) -> u64 {
+    pub fn steady_memory(&self, growth_bytes_per_day: u64, now: Millis) -> u64 {
         let uptime = now.saturating_since(self.started_at).0;
-        self.baseline_bytes + mul_div(class.growth_bytes_per_day, uptime, 86_400_000)
+        self.baseline_bytes + mul_div(growth_bytes_per_day, uptime, 86_400_000)
+    }
+
+    /// The first time at which [`PodHot::steady_memory`] reaches `bound` (never: `u64::MAX`),
+    /// for a `bound` above the baseline.
+    fn first_reaching(&self, growth_bytes_per_day: u64, bound: u64) -> Millis {
+        let needed = u128::from(bound.saturating_sub(self.baseline_bytes));
+        if needed == 0 {
+            return self.started_at;
+        }
+        if growth_bytes_per_day == 0 {
+            return Millis(u64::MAX);
+        }
+        // ⌊g × t / DAY⌋ ≥ k  ⟺  g × t ≥ k × DAY  ⟺  t ≥ ⌈k × DAY / g⌉.
+        let uptime = (needed * 86_400_000).div_ceil(u128::from(growth_bytes_per_day));
+        let at = u128::from(self.started_at.0) + uptime;
+        Millis(u64::try_from(at).unwrap_or(u64::MAX))
     }
 }
 

@@ -42,7 +42,7 @@ impl Simulation {
         }
         let mut seen = BTreeSet::new();
         for node in self.nodes.iter().filter(|n| n.up) {
-            for &id in &node.pods {
+            for &id in node.pods() {
                 if !seen.insert(id) {
                     self.stats
                         .invariant_violation

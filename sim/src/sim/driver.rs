@@ -161,10 +161,8 @@ impl Simulation {
             }
             // A node that still lists the agent is no longer where its pod is: its tick reads
             // the agent itself from now on.
-            if old.node != node
-                && let Some(stale) = self.nodes[old.node.index()].hot_mut(id)
-            {
-                stale.slow = true;
+            if old.node != node {
+                self.nodes[old.node.index()].mark_stale(id, self.now);
             }
         }
         let agent = &mut self.agents[id.index()];
@@ -175,7 +173,7 @@ impl Simulation {
         }
         let hot = PodHot::of(agent, self.scenario.probes.memory_deadband);
         let config_broken = agent.config_broken;
-        self.nodes[node.index()].add_pod(id, hot);
+        self.nodes[node.index()].set_pod(id, hot, self.now);
         if config_broken || self.broken_versions.contains(&version) {
             if !self.measures.is_open(id) && self.broken_versions.contains(&version) {
                 self.measures.fault(id, Fault::BrokenRelease, self.now);

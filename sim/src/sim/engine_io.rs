@@ -45,9 +45,8 @@ impl Simulation {
     }
 
     pub(super) fn hash_command(&mut self, command: &Command) {
-        let mut hasher = Fnv(self.stats.command_stream_hash ^ self.now.0);
-        let _ = write!(hasher, "{command:?}");
-        self.stats.command_stream_hash = hasher.0;
+        self.stats.command_stream_hash =
+            command.digest(self.stats.command_stream_hash ^ self.now.0);
     }
 
     pub(super) fn feed_supervisor(&mut self, node: NodeId, input: SupervisorInput) {

@@ -125,7 +125,7 @@ impl Simulation {
         sim_node.up = false;
         sim_node.failures += 1;
         sim_node.warm = 0;
-        for id in sim_node.pods.clone() {
+        for id in sim_node.pods().to_vec() {
             if self.agents[id.index()].process.is_some() {
                 self.measures.fault(id, Fault::NodeFailure, self.now);
                 self.kill_process(id);

@@ -6,10 +6,13 @@ use super::*;
 impl Simulation {
     /// Samples memory, plays the kernel's OOM killer, forwards samples past the deadband.
     ///
-    /// It reads the node's hot copies ([`crate::world::PodHot`]), side by side, rather than
-    /// the agents, which are spread over the fleet's array; an agent is read itself only when
-    /// its copy cannot settle it: a sample that may have to be forwarded, a kill, an agent
-    /// whose memory the copy does not model.
+    /// The node's steady pods (see [`crate::world::SimNode::set_pod`]) are summed exactly
+    /// without visiting them; the tick visits only the pods that need attention (spiking,
+    /// slow, near the edge of their deadband or limit, silent too long), and those in the
+    /// node's hot copies ([`crate::world::PodHot`]), side by side. An agent itself is read
+    /// only when its copy cannot settle it: a sample that may have to be forwarded, a kill, an
+    /// agent whose memory the copy does not model. Every pod it does not visit is one whose
+    /// sample the deadband swallows, so the outcome is that of evaluating every pod.
     #[inline(never)]
     pub(super) fn node_tick(&mut self, node: NodeId) {
         let period = self.scenario.probes.memory_interval.0;
@@ -24,45 +27,51 @@ impl Simulation {
         let capacity = self.nodes[node.index()].capacity_bytes;
         let max_silence = self.scenario.probes.memory_max_silence.0;
         // Scratch buffers live on between ticks: a tick allocates nothing. `usage` holds
-        // every sampled (agent, memory); `forward`, the indices in `usage` of the samples the
-        // deadband may not swallow.
+        // the (agent, memory) of every pod visited and not killed; `forward`, the indices in
+        // `usage` of the samples the deadband may not swallow.
         let mut usage = std::mem::take(&mut self.tick_usage);
         let mut killed = std::mem::take(&mut self.tick_killed);
         let mut forward = std::mem::take(&mut self.tick_forward);
         usage.clear();
         killed.clear();
         forward.clear();
-        let mut sum: u64 = 0;
-        // Nothing here changes the node's pods.
-        let sim_node = &self.nodes[node.index()];
-        for (&id, hot) in sim_node.pods.iter().zip(&sim_node.hot) {
-            let (memory, exact) = if hot.slow || (hot.live && now < hot.spike_until) {
-                match self.memory_of(id) {
-                    Some(memory) => (memory, true),
-                    None => continue,
+        // Memory of the visited pods that are not in the steady sums, and of the summed ones
+        // that were killed (to take back out).
+        let mut unsummed: u64 = 0;
+        let mut summed_killed: u64 = 0;
+        if self.nodes[node.index()].next_attention() <= now {
+            self.nodes[node.index()].settle(now);
+            // Nothing here changes the node's pods.
+            let sim_node = &self.nodes[node.index()];
+            for (&id, hot) in sim_node.pods().iter().zip(sim_node.hot()) {
+                if hot.attention_at > now {
+                    continue;
                 }
-            } else if hot.live {
-                (
-                    hot.steady_memory(&self.classes[usize::from(hot.class)], now),
-                    false,
-                )
-            } else {
-                continue;
-            };
-            let limit = self.classes[usize::from(hot.class)].limit_bytes;
-            if memory >= limit {
-                cgroup_oom_kill(&mut self.measures, id, now, &mut killed);
-                continue;
+                let Some((memory, exact)) = self.sample(id, hot, now) else {
+                    continue;
+                };
+                let limit = self.classes[usize::from(hot.class)].limit_bytes;
+                if memory >= limit {
+                    if hot.summed {
+                        summed_killed += memory;
+                    }
+                    cgroup_oom_kill(&mut self.measures, id, now, &mut killed);
+                    continue;
+                }
+                if !hot.summed {
+                    unsummed += memory;
+                }
+                let swallowed = !exact
+                    && now.saturating_since(hot.last_fed_at) < max_silence
+                    && (hot.skip_lo..=hot.skip_hi).contains(&memory);
+                if !swallowed {
+                    forward.push(usage.len() as u32);
+                }
+                usage.push((id, memory));
             }
-            sum += memory;
-            let swallowed = !exact
-                && now.saturating_since(hot.last_fed_at) < max_silence
-                && (hot.skip_lo..=hot.skip_hi).contains(&memory);
-            if !swallowed {
-                forward.push(usage.len() as u32);
-            }
-            usage.push((id, memory));
         }
+        let steady = self.nodes[node.index()].steady_total(now);
+        let sum = steady - summed_killed + unsummed;
         let warm_memory = self.scenario.fleet.warm_instance_memory.0;
         let warm = u64::from(self.nodes[node.index()].warm) * warm_memory;
         let mut total: u64 = warm + sum;
@@ -73,6 +82,22 @@ impl Simulation {
             total -= warm_memory;
         }
         if total > capacity {
+            // The kernel picks among every process: sample them all (those killed at their
+            // limit above are already in `killed`).
+            usage.clear();
+            let sim_node = &self.nodes[node.index()];
+            for (&id, hot) in sim_node.pods().iter().zip(sim_node.hot()) {
+                if let Some((memory, _)) = self.sample(id, hot, now)
+                    && memory < self.classes[usize::from(hot.class)].limit_bytes
+                {
+                    usage.push((id, memory));
+                }
+            }
+            debug_assert_eq!(
+                usage.iter().map(|&(_, m)| m).sum::<u64>(),
+                sum,
+                "the steady sums agree with the pods"
+            );
             self.measures.node_oom_events += 1;
             let spiking = usage
                 .iter()
@@ -125,6 +150,19 @@ impl Simulation {
         self.tick_forward = forward;
     }
 
+    /// The memory of the pod of `id` whose hot copy is `hot`, and whether it was read on the
+    /// agent (exactly) rather than from the copy; `None` when it has no process.
+    fn sample(&self, id: AgentId, hot: &PodHot, now: Millis) -> Option<(u64, bool)> {
+        if hot.slow || (hot.live && now < hot.spike_until) {
+            self.memory_of(id).map(|memory| (memory, true))
+        } else if hot.live {
+            let growth = self.classes[usize::from(hot.class)].growth_bytes_per_day;
+            Some((hot.steady_memory(growth, now), false))
+        } else {
+            None
+        }
+    }
+
     /// Rewrites the hot copy of `id` on the node its pod is on, after a field it copies changed.
     pub(super) fn sync_hot(&mut self, id: AgentId) {
         let agent = &self.agents[id.index()];
@@ -132,9 +170,7 @@ impl Simulation {
             return;
         };
         let hot = PodHot::of(agent, self.scenario.probes.memory_deadband);
-        if let Some(slot) = self.nodes[pod.node.index()].hot_mut(id) {
-            *slot = hot;
-        }
+        self.nodes[pod.node.index()].update_pod(id, hot, self.now);
     }
 
     pub(super) fn memory_of(&self, id: AgentId) -> Option<u64> {

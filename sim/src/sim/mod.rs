@@ -25,7 +25,6 @@ use carapace_engine::{
     StopReason, SupervisorCommand, SupervisorInput, TenantId, Version, ZoneId,
 };
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 
 /// Events of the world. Small and `Copy`: millions of them pass through the queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -263,7 +262,14 @@ impl Simulation {
             loaded.push(s);
         }
         let nodes = (0..scenario.fleet.nodes)
-            .map(|_| SimNode::new(scenario.fleet.node_memory.0, policy.supervisor.clone()))
+            .map(|_| {
+                SimNode::new(
+                    scenario.fleet.node_memory.0,
+                    policy.supervisor.clone(),
+                    &classes,
+                    scenario.probes.memory_max_silence.0,
+                )
+            })
             .collect();
         let end = scenario.duration.0;
         let mut sim = Simulation {
@@ -596,17 +602,4 @@ fn placeholder_agent() -> SimAgent {
 
 const fn ms(value: u64) -> crate::scenario::Span {
     crate::scenario::Span(Millis(value))
-}
-
-/// FNV-1a, fed through `fmt::Write` so hashing a command allocates nothing.
-struct Fnv(u64);
-
-impl std::fmt::Write for Fnv {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        for byte in s.bytes() {
-            self.0 ^= u64::from(byte);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-        Ok(())
-    }
 }
