@@ -644,16 +644,25 @@ fn a_daemon_killed_with_sigkill_readopts_its_pods_without_duplicates() {
             "{name} kept its process through the daemon's restart"
         );
     }
-    let metrics = served.request("GET", "/metrics", None, None).1;
-    let metrics = metrics.as_str().expect("metrics text");
-    assert!(
-        metrics.contains("carapace_journal_replay_divergences 0"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("carapace_agents{status=\"running\"} 3"),
-        "{metrics}"
-    );
+    // b's pod reports the crash it handled alone once the new daemon watches it, so b can
+    // pass through `restarting` after it was first seen running: wait for the fleet to settle.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = served.request("GET", "/metrics", None, None).1;
+        let metrics = metrics.as_str().expect("metrics text").to_owned();
+        assert!(
+            metrics.contains("carapace_journal_replay_divergences 0"),
+            "{metrics}"
+        );
+        if metrics.contains("carapace_agents{status=\"running\"} 3") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all three running again: {metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

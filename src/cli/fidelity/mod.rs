@@ -78,7 +78,9 @@ fn bad_input(message: &str) -> anyhow::Result<ExitCode> {
 
 fn rung_name(rung: u8) -> &'static str {
     match rung {
-        0 => "none (never stopped)",
+        // Real: the agent never stopped; simulated: also a fault that fell into an incident
+        // already open.
+        0 => "no incident of its own",
         1 => "1 restart in place",
         2 => "2 recreate",
         3 => "3 restore known-good",

@@ -152,8 +152,9 @@ pub fn run(spec: &Spec, data: &Path) -> anyhow::Result<RealRun> {
             Err(error) => (0, Err(format!("{error:#}"))),
         };
         eprintln!(
-            "carapace fidelity: round {}: {fault:?} on {name}: {}",
+            "carapace fidelity: round {}: {} on {name}: {}",
             k + 1,
+            fault.name(),
             match &outcome {
                 Ok(r) => format!("rung {}, recovery {:?} ms", r.rung, r.recovery_ms),
                 Err(error) => error.clone(),
