@@ -7,7 +7,7 @@
 //! state intact. So each one is journaled, replays, and shows on the event feed by itself.
 
 use super::agents::AgentRecord;
-use super::daemon::{AGENTS, ApiError, CONFIGS, Daemon, config_key};
+use super::daemon::{ApiError, Daemon};
 use carapace_engine::{AgentId, AgentStatus, Input, NodeId, Version};
 use carapace_store::Batch;
 use serde::Deserialize;
@@ -125,17 +125,7 @@ impl Daemon {
             !self.configs.contains_key(&(id, record.version.config)),
             "invariant: config versions only go forward"
         );
-        let mut batch = Batch::new();
-        batch.put_desired(AGENTS, u64::from(id.0), &record);
-        if let Some(text) = record.config_text() {
-            batch.put_desired(CONFIGS, config_key(id, record.version.config), &text);
-        }
-        let previous = self.remember(&record);
-        if let Err(error) = self.apply(Input::UpdateAgent(record.spec()), batch) {
-            self.forget(&record, previous);
-            return Err(error.into());
-        }
-        Ok(record)
+        self.commit_update(record)
     }
 }
 

@@ -97,6 +97,13 @@ impl Daemon {
             version: next_version(old, &request),
             request,
         };
+        self.commit_update(record)
+    }
+
+    /// Journals a changed agent (its record and its config text) with the engine's update, as
+    /// one step; on refusal, the desired state is as it was.
+    pub(super) fn commit_update(&mut self, record: AgentRecord) -> Result<AgentRecord, ApiError> {
+        let id = record.id;
         let mut batch = Batch::new();
         batch.put_desired(AGENTS, u64::from(id.0), &record);
         if let Some(text) = record.config_text() {
