@@ -19,6 +19,10 @@ mod explore;
 mod fidelity;
 #[path = "cli/help.rs"]
 mod help;
+// A real etcd cluster and real pods, in real time.
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)]
+#[path = "cli/node.rs"]
+mod node;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 #[path = "cli/replay.rs"]
 mod replay;

@@ -92,6 +92,11 @@ impl Watchdog {
         self.rule.fence_at(self.acknowledged_sent_ms)
     }
 
+    /// When the newest keep-alive etcd acknowledged was sent.
+    pub fn last_acknowledged_sent_ms(&self) -> u64 {
+        self.acknowledged_sent_ms
+    }
+
     pub fn must_fence(&self, now_ms: u64) -> bool {
         now_ms >= self.fence_at()
     }

@@ -5,7 +5,7 @@
 //! | --- | --- | --- | --- |
 //! | `ROOT/nodes/NODE` | the node | the node's | its registration: address, memory, zone |
 //! | `ROOT/assign/NODE/AGENT` | the leader (fenced) | — | what the node must run |
-//! | `ROOT/reports/NODE/SEQ` | the node | the node's | one pod event, in order |
+//! | `ROOT/reports/NODE/EPOCH/SEQ` | the node | the node's | one pod event, in order |
 //! | `ROOT/election/controller` | etcd's election | each candidate's | candidate's address |
 //!
 //! A node's *epoch* is the revision at which its registration key was created: a node that
@@ -58,9 +58,10 @@ impl Keyspace {
         format!("{}reports/{node}/", self.root)
     }
 
-    /// Reports sort by key in the order they were made: the sequence is zero-padded.
-    pub fn report(&self, node: &str, seq: u64) -> String {
-        format!("{}reports/{node}/{seq:020}", self.root)
+    /// A node's reports of one epoch sort by key in the order they were made: the epoch and
+    /// the sequence are zero-padded.
+    pub fn report(&self, node: &str, epoch: i64, seq: u64) -> String {
+        format!("{}reports/{node}/{epoch:020}/{seq:020}", self.root)
     }
 
     pub fn election(&self) -> String {
@@ -110,8 +111,8 @@ mod tests {
         assert_eq!(keys.node("n1"), "/carapace/nodes/n1");
         assert_eq!(keys.assignment("n1", 7), "/carapace/assign/n1/7");
         assert_eq!(
-            keys.report("n1", 3),
-            "/carapace/reports/n1/00000000000000000003"
+            keys.report("n1", 9, 3),
+            "/carapace/reports/n1/00000000000000000009/00000000000000000003"
         );
         assert_eq!(
             keys.agent_of_assignment("n1", &keys.assignment("n1", 42)),
@@ -137,7 +138,7 @@ mod tests {
         #[test]
         fn reports_sort_by_key_in_sequence_order(a in any::<u64>(), b in any::<u64>()) {
             let keys = Keyspace::default();
-            prop_assert_eq!(a.cmp(&b), keys.report("n", a).cmp(&keys.report("n", b)));
+            prop_assert_eq!(a.cmp(&b), keys.report("n", 5, a).cmp(&keys.report("n", 5, b)));
         }
     }
 }

@@ -35,6 +35,7 @@ impl LocalEtcd {
         base_port: u16,
         deadline: Duration,
     ) -> Result<LocalEtcd, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let binary = std::env::var_os("ETCD_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("etcd"));

@@ -8,6 +8,7 @@ mod fidelity;
 mod fuzz;
 mod gate;
 mod journal;
+mod node;
 mod replay;
 mod runner;
 mod schema;
@@ -56,6 +57,9 @@ enum Command {
     Snapshot(snapshot::SnapshotArgs),
     /// Run the controller as a daemon: pods on this machine, a durable journal, an HTTP API.
     Serve(serve::ServeArgs),
+    /// Run one machine of a cluster: register in etcd under a lease, run the pods the leader
+    /// assigns here, stop them all when the lease cannot be renewed in time.
+    Node(node::NodeArgs),
     /// Inject a real fault into an agent of a running `serve` and measure its recovery.
     Chaos(chaos::ChaosArgs),
     /// Fit the simulator's latency model to chaos runs; writes a scenario fragment.
@@ -78,6 +82,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Baseline(args) => gate::baseline::run(args),
         Command::Explore(args) => explore::run(args),
         Command::Supervise(args) => supervise::run(args),
+        Command::Node(args) => node::run(args),
         Command::Snapshot(args) => snapshot::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Chaos(args) => chaos::run(args),

@@ -10,7 +10,7 @@ pub(crate) mod config;
 mod daemon;
 mod dashboard;
 mod desired;
-mod driver;
+pub(crate) mod driver;
 mod feed;
 mod incidents;
 mod memory;
@@ -654,7 +654,7 @@ fn read_or_create_token(path: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
-fn machine_memory_bytes() -> anyhow::Result<u64> {
+pub(crate) fn machine_memory_bytes() -> anyhow::Result<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo")?;
     let kib: u64 = meminfo
         .lines()

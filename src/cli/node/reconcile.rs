@@ -1,0 +1,197 @@
+//! What a node must do to make its pods match its assignments: pure, so every case is tested
+//! without a process.
+
+use super::protocol::Assignment;
+use carapace_cluster::Revision;
+use carapace_engine::{AgentId, CommandId, Instance, SnapshotId};
+use std::collections::BTreeMap;
+
+/// A pod this node runs, as the node keeps track of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pod {
+    pub instance: Instance,
+    /// A stop has been issued; the pod is on its way out.
+    pub stopping: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    Start(Box<Assignment>),
+    Stop {
+        agent: AgentId,
+        instance: Instance,
+        /// The leader's stop command, when the leader asked; `None` when the node stops a
+        /// pod nobody assigns any more (its report then answers no command).
+        command: Option<CommandId>,
+        snapshot: Option<SnapshotId>,
+    },
+}
+
+/// The actions that bring `pods` to `assigned`, for the node registered at `epoch`, in agent
+/// order. Assignments for another epoch are not this node's: they are left to the leader, and
+/// a pod of one is stopped.
+pub fn reconcile(
+    epoch: Revision,
+    assigned: &BTreeMap<AgentId, Assignment>,
+    pods: &BTreeMap<AgentId, Pod>,
+) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for (agent, pod) in pods {
+        if pod.stopping {
+            continue;
+        }
+        let wanted = assigned
+            .get(agent)
+            .filter(|a| a.epoch == epoch && a.instance == pod.instance);
+        match wanted {
+            Some(assignment) => {
+                if let Some(stop) = assignment.stop {
+                    actions.push(Action::Stop {
+                        agent: *agent,
+                        instance: pod.instance,
+                        command: Some(stop.command),
+                        snapshot: stop.snapshot,
+                    });
+                }
+            }
+            None => actions.push(Action::Stop {
+                agent: *agent,
+                instance: pod.instance,
+                command: None,
+                snapshot: None,
+            }),
+        }
+    }
+    for (agent, assignment) in assigned {
+        let runs = pods.contains_key(agent);
+        if assignment.epoch == epoch && assignment.stop.is_none() && !runs {
+            actions.push(Action::Start(Box::new(assignment.clone())));
+        }
+    }
+    actions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::node::protocol::StopOrder;
+    use crate::cli::serve::agents::{AgentRecord, AgentRequest};
+    use carapace_engine::Version;
+
+    fn assignment(agent: u32, epoch: Revision, instance: u32) -> Assignment {
+        let request: AgentRequest = serde_json::from_value(serde_json::json!({
+            "name": format!("a{agent}"),
+            "memory_limit": "64MiB",
+            "command": ["true"],
+            "probe": "tcp://127.0.0.1:{port}",
+        }))
+        .unwrap();
+        Assignment {
+            epoch,
+            record: AgentRecord {
+                id: AgentId(agent),
+                request,
+                version: Version::new(1, 1),
+            },
+            instance: Instance(instance),
+            start_command: CommandId(u64::from(agent) * 10),
+            config_text: None,
+            snapshot: None,
+            stop: None,
+        }
+    }
+
+    fn assigned(list: &[Assignment]) -> BTreeMap<AgentId, Assignment> {
+        list.iter().map(|a| (a.record.id, a.clone())).collect()
+    }
+
+    fn running(list: &[(u32, u32, bool)]) -> BTreeMap<AgentId, Pod> {
+        list.iter()
+            .map(|&(agent, instance, stopping)| {
+                (
+                    AgentId(agent),
+                    Pod {
+                        instance: Instance(instance),
+                        stopping,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn summary(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .map(|action| match action {
+                Action::Start(a) => format!("start {} {}", a.record.id.0, a.instance.0),
+                Action::Stop {
+                    agent,
+                    instance,
+                    command,
+                    ..
+                } => format!("stop {} {} {:?}", agent.0, instance.0, command.map(|c| c.0)),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn assigned_pods_start_once_and_unassigned_ones_stop() {
+        let list = assigned(&[assignment(1, 7, 1), assignment(2, 7, 3)]);
+        let pods = running(&[(2, 3, false), (9, 1, false)]);
+        assert_eq!(
+            summary(&reconcile(7, &list, &pods)),
+            ["stop 9 1 None", "start 1 1"]
+        );
+        // Once started, nothing more to do.
+        let pods = running(&[(1, 1, false), (2, 3, false)]);
+        assert!(reconcile(7, &list, &pods).is_empty());
+    }
+
+    #[test]
+    fn an_assignment_for_an_older_registration_is_not_run() {
+        // The node was fenced and registered again at revision 12: what the leader assigned
+        // to its old self (epoch 7) is the leader's to move.
+        let list = assigned(&[assignment(1, 7, 1), assignment(2, 12, 1)]);
+        assert_eq!(
+            summary(&reconcile(12, &list, &BTreeMap::new())),
+            ["start 2 1"]
+        );
+        let pods = running(&[(1, 1, false)]);
+        assert_eq!(
+            summary(&reconcile(12, &list, &pods)),
+            ["stop 1 1 None", "start 2 1"]
+        );
+    }
+
+    #[test]
+    fn a_stop_order_stops_with_its_command_and_a_new_instance_replaces_the_old() {
+        let mut stop = assignment(1, 7, 1);
+        stop.stop = Some(StopOrder {
+            command: CommandId(99),
+            snapshot: Some(SnapshotId(4)),
+        });
+        let pods = running(&[(1, 1, false)]);
+        let actions = reconcile(7, &assigned(&[stop.clone()]), &pods);
+        assert_eq!(summary(&actions), ["stop 1 1 Some(99)"]);
+        assert!(matches!(
+            actions[0],
+            Action::Stop {
+                snapshot: Some(SnapshotId(4)),
+                ..
+            }
+        ));
+        // Already stopping: nothing is issued twice, and a stopped order is not started.
+        let stopping = running(&[(1, 1, true)]);
+        assert!(reconcile(7, &assigned(&[stop]), &stopping).is_empty());
+        // Instance 2 assigned while instance 1 runs: 1 stops now, 2 starts once 1 is gone.
+        let next = assignment(1, 7, 2);
+        assert_eq!(
+            summary(&reconcile(7, &assigned(std::slice::from_ref(&next)), &pods)),
+            ["stop 1 1 None"]
+        );
+        assert_eq!(
+            summary(&reconcile(7, &assigned(&[next]), &BTreeMap::new())),
+            ["start 1 2"]
+        );
+    }
+}

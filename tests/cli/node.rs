@@ -1,0 +1,371 @@
+//! `carapace node` against a real 3-member etcd cluster on loopback, with the test agent as the
+//! agent in real pods. The test plays the leader's part in etcd (it writes the assignments a
+//! leader would, through the same client), and cuts the node off by killing every etcd
+//! member. Every wait has a deadline.
+
+use super::common::{Scratch, carapace};
+use carapace_cluster::etcd::Client;
+use carapace_cluster::keys::Keyspace;
+use carapace_cluster::local::LocalEtcd;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const TTL: Duration = Duration::from_secs(6);
+
+/// A running `carapace node`, its output lines on a channel; killed (with its pods) on drop.
+struct RunningNode {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    cgroup_parent: String,
+}
+
+impl RunningNode {
+    fn start(config: &Path, cgroup_parent: &str) -> RunningNode {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_carapace"))
+            .args(["node", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start carapace node");
+        let (tx, lines) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        RunningNode {
+            child,
+            lines,
+            cgroup_parent: cgroup_parent.to_owned(),
+        }
+    }
+
+    /// Waits for an output line containing `needle`; answers it.
+    fn wait_line(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => panic!(
+                    "no line with `{needle}` within {within:?}; the node said:\n{}",
+                    seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    fn wait_registered(&self, within: Duration) -> i64 {
+        let line = self.wait_line("registered (epoch", within);
+        line.rsplit("epoch ")
+            .next()
+            .and_then(|t| t.trim_end_matches(')').parse().ok())
+            .unwrap_or_else(|| panic!("no epoch in `{line}`"))
+    }
+}
+
+impl Drop for RunningNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Ok(cgroups) = carapace_drivers::cgroup::MemoryCgroups::detect(&self.cgroup_parent) {
+            for name in cgroups.list() {
+                if let Some(cgroup) = cgroups.open(&name) {
+                    let _ = cgroup.kill_all();
+                    let _ = cgroup.remove_when_empty(Duration::from_secs(5));
+                }
+            }
+            let _ = std::fs::remove_dir(cgroups.root());
+        }
+    }
+}
+
+fn test_agent() -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_carapace")).with_file_name("carapace-test-agent");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the workspace",
+        bin.display()
+    );
+    bin
+}
+
+/// An assignment as the leader writes it.
+fn assignment(epoch: i64, agent: u32, instance: u32, start_command: u64) -> Value {
+    let bin = test_agent().display().to_string();
+    json!({
+        "epoch": epoch,
+        "record": {
+            "id": agent,
+            "request": {
+                "name": format!("agent-{agent}"),
+                "memory_limit": "256MiB",
+                "command": [bin, "--state", "{state}", "--config", "{config}", "--port", "{port}"],
+                "probe": "http://127.0.0.1:{port}/readyz",
+                "validate": [bin, "--validate", "--config", "{config}"],
+            },
+            "version": {"runtime": 1, "config": 1},
+        },
+        "instance": instance,
+        "start_command": start_command,
+        "config_text": json!({"port": 1, "boot_ms": 200, "greeting": "v1"}).to_string(),
+    })
+}
+
+fn put(client: &Client, key: &str, value: &Value) {
+    client.put(key, value.to_string().as_bytes(), None).unwrap();
+}
+
+/// Every report the node has written under `epoch`, in order.
+fn reports(client: &Client, keys: &Keyspace, epoch: i64) -> Vec<Value> {
+    let prefix = format!("{}reports/n1/{epoch:020}/", keys.root());
+    let (listed, _) = client.list(&prefix).unwrap();
+    listed
+        .iter()
+        .map(|kv| serde_json::from_slice(&kv.value).unwrap())
+        .collect()
+}
+
+fn wait_report(
+    client: &Client,
+    keys: &Keyspace,
+    epoch: i64,
+    within: Duration,
+    what: &str,
+    found: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let all = reports(client, keys, epoch);
+        if let Some(report) = all.iter().find(|r| found(r)) {
+            return report.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no report {what} within {within:?}; reports: {all:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn event_of(agent: u32, event: &'static str) -> impl Fn(&Value) -> bool {
+    move |r: &Value| {
+        r["kind"] == "event" && r["agent"] == agent && r["numbered"]["event"]["event"] == event
+    }
+}
+
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+#[test]
+fn a_node_runs_its_assignments_fences_itself_when_cut_off_and_rejoins_as_a_new_node() {
+    let scratch = Scratch::new("node");
+    let mut etcd = LocalEtcd::start(
+        &scratch.path().join("etcd"),
+        3,
+        33200,
+        Duration::from_secs(30),
+    )
+    .expect("a local etcd cluster (scripts/install-etcd installs etcd)");
+    let client = etcd.client(Duration::from_secs(1));
+    let keys = Keyspace::default();
+    let cgroup_parent = format!("carapace-test-node-{}", std::process::id());
+    let endpoints = etcd.endpoints().join("\", \"");
+    let config = scratch.file(
+        "node.toml",
+        &format!(
+            "name = \"n1\"\netcd = [\"{endpoints}\"]\ndata_dir = \"data\"\n\
+             [node]\nmemory = \"4GiB\"\ncgroup_parent = \"{cgroup_parent}\"\n\
+             [pods]\nport_base = 33500\nport_stride = 10\nmax_pods = 8\n\
+             startup_probe_interval = \"50ms\"\nprobe_interval = \"500ms\"\ngrace = \"1s\"\n\
+             [lease]\nttl = \"6s\"\nrenew_every = \"1s\"\ncall_timeout = \"500ms\"\nmargin = \"1s\"\n"
+        ),
+    );
+    let node = RunningNode::start(&config, &cgroup_parent);
+    let epoch = node.wait_registered(Duration::from_secs(20));
+    let registration: Value =
+        serde_json::from_slice(&client.get(&keys.node("n1")).unwrap().unwrap().value).unwrap();
+    assert_eq!(registration["memory_bytes"], 4u64 << 30);
+
+    // An assignment runs: the pod's events come back through etcd.
+    put(
+        &client,
+        &keys.assignment("n1", 1),
+        &assignment(epoch, 1, 1, 10),
+    );
+    let spawned = wait_report(
+        &client,
+        &keys,
+        epoch,
+        Duration::from_secs(30),
+        "spawned",
+        event_of(1, "spawned"),
+    );
+    wait_report(
+        &client,
+        &keys,
+        epoch,
+        Duration::from_secs(30),
+        "ready",
+        event_of(1, "ready"),
+    );
+    let pid = spawned["numbered"]["event"]["pid"].as_u64().unwrap();
+
+    // Rung 1 is the pod's own: a crash is restarted in place without any controller.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_report(
+        &client,
+        &keys,
+        epoch,
+        Duration::from_secs(30),
+        "exited",
+        event_of(1, "exited"),
+    );
+    let respawned = wait_report(
+        &client,
+        &keys,
+        epoch,
+        Duration::from_secs(30),
+        "a second spawn",
+        |r| event_of(1, "spawned")(r) && r["numbered"]["event"]["pid"].as_u64() != Some(pid),
+    );
+    let pid = respawned["numbered"]["event"]["pid"].as_u64().unwrap();
+    let ready_again =
+        |r: &Value| event_of(1, "ready")(r) && r["numbered"]["event"]["pid"].as_u64() == Some(pid);
+    wait_report(
+        &client,
+        &keys,
+        epoch,
+        Duration::from_secs(30),
+        "ready again",
+        ready_again,
+    );
+    assert!(alive(pid));
+
+    // Cut off: no member answers. The node stops its agent before its lease could expire:
+    // within one TTL of the cut, since the last renewal it had was sent before the cut.
+    let cut = Instant::now();
+    for member in 0..3 {
+        etcd.kill(member);
+    }
+    let fenced = node.wait_line("fenced:", TTL + Duration::from_secs(5));
+    let fenced_after = cut.elapsed();
+    assert!(!alive(pid), "the agent outlived the fence: {fenced}");
+    assert!(
+        fenced_after < TTL,
+        "fenced {fenced_after:?} after the cut, TTL {TTL:?}: {fenced}"
+    );
+
+    // etcd back: the old registration expires (a new etcd leader grants every lease a full
+    // TTL again first), and the node registers as a new node.
+    for member in 0..3 {
+        etcd.restart(member).unwrap();
+    }
+    etcd.wait_for_quorum(Duration::from_secs(30)).unwrap();
+    let new_epoch = node.wait_registered(TTL * 3 + Duration::from_secs(10));
+    assert!(new_epoch > epoch);
+    let fence_report = wait_report(
+        &client,
+        &keys,
+        new_epoch,
+        Duration::from_secs(10),
+        "fenced",
+        |r| r["kind"] == "fenced",
+    );
+    assert_eq!(fence_report["pods"], 1);
+
+    // What was assigned to its old self stays stopped; a new assignment runs. The node lists
+    // every assignment before it sees agent 2's, so once agent 2 is ready, agent 1's was read.
+    put(
+        &client,
+        &keys.assignment("n1", 2),
+        &assignment(new_epoch, 2, 1, 20),
+    );
+    wait_report(
+        &client,
+        &keys,
+        new_epoch,
+        Duration::from_secs(30),
+        "agent 2 ready",
+        event_of(2, "ready"),
+    );
+    let stale: Vec<Value> = reports(&client, &keys, new_epoch)
+        .into_iter()
+        .filter(|r| r["agent"] == 1)
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "the old registration's agent ran again: {stale:#?}"
+    );
+
+    // A stop order is carried out and answered with its command.
+    let mut stop = assignment(new_epoch, 2, 1, 20);
+    stop["stop"] = json!({"command": 21});
+    put(&client, &keys.assignment("n1", 2), &stop);
+    let finished = wait_report(
+        &client,
+        &keys,
+        new_epoch,
+        Duration::from_secs(30),
+        "the stop finished",
+        |r| r["kind"] == "finished" && r["command"] == 21,
+    );
+    assert_eq!(finished["outcome"], "succeeded");
+
+    // Asked to stop, the node leaves: its registration goes at once, not after a TTL.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(node.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    node.wait_line("left the cluster", Duration::from_secs(20));
+    assert!(client.get(&keys.node("n1")).unwrap().is_none());
+}
+
+#[test]
+fn a_bad_node_file_is_refused_naming_the_field() {
+    let scratch = Scratch::new("node-bad");
+    let config = scratch.file(
+        "node.toml",
+        "name = \"n1\"\netcd = [\"http://127.0.0.1:1\"]\ndata_dir = \"data\"\n[lease]\nttl = \"2s\"\n",
+    );
+    let run = carapace(["node", "--config", config.to_str().unwrap()]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("node.toml") && run.stderr.contains("`lease`"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !scratch.path().join("data").exists(),
+        "a refused file changed nothing"
+    );
+}
