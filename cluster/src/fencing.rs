@@ -19,6 +19,19 @@
 //! operation, a renewal must be attempted and answered well before `fence_at`: the rule
 //! requires `renew_every + call_timeout < ttl − stop_grace − margin`.
 //!
+//! # When etcd has no quorum
+//!
+//! A lease can only expire through etcd's leader, and a new leader grants every lease a full
+//! TTL when it takes office. So while etcd has no leader at all (two of three members down),
+//! no lease can expire, and a node that renews as soon as a leader is back loses nothing by
+//! keeping its agents: rung 1 goes on. A node that cannot renew therefore asks the members it
+//! can reach; when some answer and none knows of a leader, it counts that answer like a
+//! renewal sent when it asked (see [`Watchdog::acknowledged`]). The assumption this rests on,
+//! stated: the members a node reaches are not cut off *together with it* from a majority that
+//! still has a leader. Where a node and an etcd member can be partitioned together (a member
+//! on the node's own machine or rack), turn it off (`trust_leaderless_members = false`) and a
+//! node fences on any silence.
+//!
 //! Time here is milliseconds on the node's monotonic clock, as plain numbers, so the rule is
 //! tested without waiting.
 

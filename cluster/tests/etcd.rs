@@ -198,10 +198,27 @@ fn the_client_carries_on_through_one_member_down_and_stops_without_a_quorum() {
     etcd.kill(1);
     let error = client.put("/t/k", b"secret-value", None).unwrap_err();
     assert!(!error.to_string().contains("secret-value"), "{error}");
+    // The survivor answers, and knows of no leader: the cluster has no quorum.
+    let deadline = Instant::now() + STARTUP;
+    while !client.members().leaderless() {
+        assert!(Instant::now() < deadline, "{:?}", client.members());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(client.members().reachable, 1);
     // Back: writes commit again.
     etcd.restart(0).unwrap();
     etcd.restart(1).unwrap();
     etcd.wait_for_quorum(STARTUP).unwrap();
     client.put("/t/k", b"after", None).unwrap();
+    // Every member answers again and, once caught up, follows the leader.
+    let deadline = Instant::now() + STARTUP;
+    loop {
+        let view = client.members();
+        if (view.reachable, view.with_leader) == (3, 3) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{view:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert_eq!(client.get("/t/k").unwrap().unwrap().value, b"after");
 }

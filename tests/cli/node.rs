@@ -270,6 +270,28 @@ fn a_node_runs_its_assignments_fences_itself_when_cut_off_and_rejoins_as_a_new_n
     );
     assert!(alive(pid));
 
+    // Two of three members down: etcd has no quorum, so no lease can expire and no decision
+    // can be made; the node keeps its agent running past a whole TTL, then renews the same
+    // lease once the members are back (the same registration: no new epoch).
+    let outage = Instant::now();
+    etcd.kill(0);
+    etcd.kill(1);
+    node.wait_line("etcd has no leader", TTL);
+    while outage.elapsed() < TTL + Duration::from_secs(2) {
+        assert!(alive(pid), "the agent was stopped during an etcd outage");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    etcd.restart(0).unwrap();
+    etcd.restart(1).unwrap();
+    etcd.wait_for_quorum(Duration::from_secs(30)).unwrap();
+    node.wait_line("renewed its lease after", Duration::from_secs(20));
+    assert!(alive(pid));
+    let registered = client.get(&keys.node("n1")).unwrap().unwrap();
+    assert_eq!(
+        registered.create_revision, epoch,
+        "the node registered again"
+    );
+
     // Cut off: no member answers. The node stops its agent before its lease could expire:
     // within one TTL of the cut, since the last renewal it had was sent before the cut.
     let cut = Instant::now();

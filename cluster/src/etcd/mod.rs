@@ -87,6 +87,23 @@ impl EtcdError {
     }
 }
 
+/// What the members this client can reach say about the cluster's leadership.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MembersView {
+    /// Members that answered.
+    pub reachable: usize,
+    /// Of those, members that follow (or are) a leader.
+    pub with_leader: usize,
+}
+
+impl MembersView {
+    /// Members answered, and none knows of a leader: the cluster has no quorum (or this
+    /// client and the members it reaches are cut off from the rest together).
+    pub fn leaderless(&self) -> bool {
+        self.reachable > 0 && self.with_leader == 0
+    }
+}
+
 /// A guarded write: applied only while every comparison holds.
 #[derive(Debug, Default)]
 pub struct Txn {
@@ -358,6 +375,32 @@ impl Client {
         };
         let _: serde_json::Value = self.call("/v3/election/resign", &request)?;
         Ok(())
+    }
+
+    /// Asks every member, each within the call timeout, whether it knows of a leader.
+    pub fn members(&self) -> MembersView {
+        let mut view = MembersView::default();
+        for endpoint in &self.endpoints {
+            let answer = self
+                .agent
+                .post(format!("{endpoint}/v3/maintenance/status"))
+                .header("Content-Type", "application/json")
+                .send(&b"{}"[..]);
+            let Ok(mut response) = answer else { continue };
+            if response.status() != 200 {
+                continue;
+            }
+            let Ok(text) = response.body_mut().read_to_string() else {
+                continue;
+            };
+            if let Ok(status) = serde_json::from_str::<wire::StatusResponse>(&text) {
+                view.reachable += 1;
+                if status.leader.0 != 0 {
+                    view.with_leader += 1;
+                }
+            }
+        }
+        view
     }
 
     /// Watches every key under `prefix` from `start` (inclusive).

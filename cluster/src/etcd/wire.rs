@@ -258,13 +258,21 @@ pub struct WatchEvent {
     pub kv: Kv,
 }
 
-/// An error as the gateway reports it.
+/// An error as the gateway reports it (a streamed call names the code `grpc_code`).
 #[derive(Debug, Deserialize)]
 pub struct Status {
-    #[serde(default)]
+    #[serde(default, alias = "grpc_code")]
     pub code: i64,
     #[serde(default)]
     pub message: String,
+}
+
+/// A member's own view of the cluster (`/v3/maintenance/status`).
+#[derive(Debug, Default, Deserialize)]
+pub struct StatusResponse {
+    /// The leader's member id; left out while the member knows of no leader.
+    #[serde(default)]
+    pub leader: I64,
 }
 
 #[cfg(test)]
@@ -292,5 +300,15 @@ mod tests {
         assert_eq!(result.events[0].kv.key.0, b"a2");
         assert_eq!(result.events[0].kind, None);
         assert_eq!(result.events[1].kind.as_deref(), Some("DELETE"));
+    }
+
+    #[test]
+    fn a_member_without_a_leader_says_so() {
+        let status = r#"{"header":{"revision":"1"},"version":"3.4.23","raftTerm":"2","errors":["etcdserver: no leader"]}"#;
+        let status: StatusResponse = serde_json::from_str(status).unwrap();
+        assert_eq!(status.leader, I64(0));
+        let frame = r#"{"error":{"grpc_code":14,"http_code":503,"message":"etcdserver: no leader","http_status":"Service Unavailable"}}"#;
+        let frame: KeepAliveFrame = serde_json::from_str(frame).unwrap();
+        assert_eq!(frame.error.unwrap().code, 14);
     }
 }

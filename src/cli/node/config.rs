@@ -50,6 +50,10 @@ pub struct LeaseConfig {
     pub call_timeout: Span,
     /// Clock-rate difference and kill latency allowance.
     pub margin: Span,
+    /// While the etcd members this node reaches all say they know of no leader, no lease can
+    /// expire: keep the agents running instead of fencing. Turn off where a node and an etcd
+    /// member can be cut off together from the rest (see `carapace_cluster::fencing`).
+    pub trust_leaderless_members: bool,
 }
 
 impl Default for LeaseConfig {
@@ -59,6 +63,7 @@ impl Default for LeaseConfig {
             renew_every: span(2_000),
             call_timeout: span(1_000),
             margin: span(1_000),
+            trust_leaderless_members: true,
         }
     }
 }

@@ -122,6 +122,7 @@ async fn node(config: NodeConfigChecked) -> anyhow::Result<()> {
         },
         ttl: config.fencing.ttl,
         renew_every: config.fencing.renew_every,
+        trust_leaderless_members: file.lease.trust_leaderless_members,
         data_dir: file.data_dir.clone(),
         clock: Clock::start(),
     };
@@ -169,13 +170,34 @@ async fn node(config: NodeConfigChecked) -> anyhow::Result<()> {
         }
         let mut watchdog = Watchdog::new(config.fencing, session.granted_sent_ms);
         let clock = membership.clock;
+        let mut leaderless_since: Option<u64> = None;
         let ended = loop {
             let fence_at = clock.instant(Millis(watchdog.fence_at()));
             tokio::select! {
                 () = &mut shutdown => break Ended::Shutdown,
                 () = tokio::time::sleep_until(fence_at.into()) => break Ended::Fenced,
                 Some(news) = session.lease_news.recv() => match news {
-                    LeaseNews::Renewed { sent_ms } => watchdog.acknowledged(sent_ms),
+                    LeaseNews::Renewed { sent_ms } => {
+                        watchdog.acknowledged(sent_ms);
+                        if let Some(since) = leaderless_since.take() {
+                            eprintln!(
+                                "carapace node: {} renewed its lease after {} ms without an etcd leader",
+                                file.name,
+                                sent_ms.saturating_sub(since)
+                            );
+                        }
+                    }
+                    LeaseNews::Leaderless { asked_ms } => {
+                        watchdog.acknowledged(asked_ms);
+                        if leaderless_since.is_none() {
+                            leaderless_since = Some(asked_ms);
+                            eprintln!(
+                                "carapace node: {}: etcd has no leader, so no lease can expire; \
+                                 agents keep running",
+                                file.name
+                            );
+                        }
+                    }
                     LeaseNews::Expired => break Ended::Fenced,
                 },
                 Some(news) = session.assignment_news.recv() => {

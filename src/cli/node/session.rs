@@ -21,6 +21,9 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 pub enum LeaseNews {
     /// etcd renewed the lease in answer to the keep-alive sent at this time (node clock, ms).
     Renewed { sent_ms: u64 },
+    /// The renewal failed, and the members that answered (some did) know of no leader when
+    /// asked at this time: no lease can expire until a leader is back, which renews it.
+    Leaderless { asked_ms: u64 },
     /// etcd no longer has the lease: it expired, and the controller may be moving the node's
     /// agents already.
     Expired,
@@ -66,6 +69,7 @@ pub struct Membership {
     pub registration: Registration,
     pub ttl: Duration,
     pub renew_every: Duration,
+    pub trust_leaderless_members: bool,
     pub data_dir: PathBuf,
     pub clock: Clock,
 }
@@ -184,6 +188,7 @@ fn spawn_keeper(
     let client = membership.client.clone();
     let clock = membership.clock;
     let every = membership.renew_every;
+    let trust_leaderless = membership.trust_leaderless_members;
     std::thread::spawn(move || {
         while !ended.load(Ordering::Relaxed) {
             std::thread::sleep(every);
@@ -201,8 +206,18 @@ fn spawn_keeper(
                     let _ = news.send(LeaseNews::Expired);
                     return;
                 }
-                // The watchdog counts the silence; nothing to send.
-                Err(error) => tracing::warn!(%error, "the lease was not renewed"),
+                Err(error) => {
+                    tracing::warn!(%error, "the lease was not renewed");
+                    if !trust_leaderless {
+                        continue; // the watchdog counts the silence
+                    }
+                    let asked_ms = clock.now().0;
+                    if client.members().leaderless()
+                        && news.send(LeaseNews::Leaderless { asked_ms }).is_err()
+                    {
+                        return;
+                    }
+                }
             }
         }
     });
