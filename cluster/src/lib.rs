@@ -11,8 +11,9 @@
 //! - [`keys`]: where everything lives in the keyspace.
 //! - [`fencing`]: the self-fencing rule: when a node that cannot renew its lease must have
 //!   stopped its agents, so that it never serves an agent being recreated elsewhere.
-//! - [`local`]: a real etcd cluster of N members on loopback, for tests and for trying the
+//! - [`local`]: a real etcd cluster of N members on one machine, for tests and for trying the
 //!   cluster mode on one machine.
+//! - [`netns`]: machines on one machine — network namespaces on a bridge, with cables to cut.
 
 // This crate does IO (etcd, processes, the node's clock): the determinism guards of the engine
 // and simulator do not apply here.
@@ -22,5 +23,6 @@ pub mod etcd;
 pub mod fencing;
 pub mod keys;
 pub mod local;
+pub mod netns;
 
 pub use etcd::{Client, EtcdError, KeyValue, Leadership, LeaseId, Revision};

@@ -1,4 +1,5 @@
-//! A real etcd cluster of N members on loopback: each member is an `etcd` process with its own
+//! A real etcd cluster of N members on one machine (loopback, or an address inside a network
+//! namespace): each member is an `etcd` process with its own
 //! data directory, client port and peer port. For tests (a member can be killed and brought
 //! back) and for trying the cluster mode on one machine. The binary is `$ETCD_BIN` or `etcd`
 //! on the PATH (Debian's `etcd-server`).
@@ -24,6 +25,9 @@ pub struct LocalEtcd {
     members: Vec<Member>,
     binary: PathBuf,
     initial_cluster: String,
+    host: String,
+    /// The network namespace the members run in, if not this process's.
+    netns: Option<String>,
 }
 
 impl LocalEtcd {
@@ -33,6 +37,19 @@ impl LocalEtcd {
         dir: &Path,
         size: usize,
         base_port: u16,
+        deadline: Duration,
+    ) -> Result<LocalEtcd, String> {
+        LocalEtcd::start_on(dir, size, base_port, "127.0.0.1", None, deadline)
+    }
+
+    /// As [`LocalEtcd::start`], with the members listening on `host` inside network namespace
+    /// `netns` (see [`crate::netns`]), so that other namespaces can reach them.
+    pub fn start_on(
+        dir: &Path,
+        size: usize,
+        base_port: u16,
+        host: &str,
+        netns: Option<&str>,
         deadline: Duration,
     ) -> Result<LocalEtcd, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -54,13 +71,15 @@ impl LocalEtcd {
             .collect();
         let initial_cluster = members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .map(|m| format!("{}=http://{host}:{}", m.name, m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
         let mut cluster = LocalEtcd {
             members,
             binary,
             initial_cluster,
+            host: host.to_owned(),
+            netns: netns.map(str::to_owned),
         };
         for index in 0..size {
             cluster.start_member(index)?;
@@ -73,7 +92,7 @@ impl LocalEtcd {
     pub fn endpoints(&self) -> Vec<String> {
         self.members
             .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .map(|m| format!("http://{}:{}", self.host, m.client_port))
             .collect()
     }
 
@@ -128,9 +147,18 @@ impl LocalEtcd {
             .append(true)
             .open(&member.log)
             .map_err(|e| format!("{}: {e}", member.log.display()))?;
-        let client_url = format!("http://127.0.0.1:{}", member.client_port);
-        let peer_url = format!("http://127.0.0.1:{}", member.peer_port);
-        let child = Command::new(&self.binary)
+        let client_url = format!("http://{}:{}", self.host, member.client_port);
+        let peer_url = format!("http://{}:{}", self.host, member.peer_port);
+        let mut command = match &self.netns {
+            // `ip netns exec` execs etcd in place: the child is etcd itself.
+            Some(ns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", ns]).arg(&self.binary);
+                command
+            }
+            None => Command::new(&self.binary),
+        };
+        let child = command
             .arg("--name")
             .arg(&member.name)
             .arg("--data-dir")

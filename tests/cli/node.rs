@@ -7,6 +7,7 @@ use super::common::{Scratch, carapace};
 use carapace_cluster::etcd::Client;
 use carapace_cluster::keys::Keyspace;
 use carapace_cluster::local::LocalEtcd;
+use carapace_cluster::netns::TestNet;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -25,7 +26,16 @@ struct RunningNode {
 
 impl RunningNode {
     fn start(config: &Path, cgroup_parent: &str) -> RunningNode {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_carapace"))
+        RunningNode::start_with(
+            Command::new(env!("CARGO_BIN_EXE_carapace")),
+            config,
+            cgroup_parent,
+        )
+    }
+
+    /// `carapace` is `program` (e.g. `ip netns exec HOST carapace`).
+    fn start_with(mut program: Command, config: &Path, cgroup_parent: &str) -> RunningNode {
+        let mut child = program
             .args(["node", "--config"])
             .arg(config)
             .stdin(Stdio::null())
@@ -194,16 +204,9 @@ fn a_node_runs_its_assignments_fences_itself_when_cut_off_and_rejoins_as_a_new_n
     let client = etcd.client(Duration::from_secs(1));
     let keys = Keyspace::default();
     let cgroup_parent = format!("carapace-test-node-{}", std::process::id());
-    let endpoints = etcd.endpoints().join("\", \"");
     let config = scratch.file(
         "node.toml",
-        &format!(
-            "name = \"n1\"\netcd = [\"{endpoints}\"]\ndata_dir = \"data\"\n\
-             [node]\nmemory = \"4GiB\"\ncgroup_parent = \"{cgroup_parent}\"\n\
-             [pods]\nport_base = 33500\nport_stride = 10\nmax_pods = 8\n\
-             startup_probe_interval = \"50ms\"\nprobe_interval = \"500ms\"\ngrace = \"1s\"\n\
-             [lease]\nttl = \"6s\"\nrenew_every = \"1s\"\ncall_timeout = \"500ms\"\nmargin = \"1s\"\n"
-        ),
+        &node_file(&etcd.endpoints(), &cgroup_parent, 33500),
     );
     let node = RunningNode::start(&config, &cgroup_parent);
     let epoch = node.wait_registered(Duration::from_secs(20));
@@ -370,6 +373,121 @@ fn a_node_runs_its_assignments_fences_itself_when_cut_off_and_rejoins_as_a_new_n
     .unwrap();
     node.wait_line("left the cluster", Duration::from_secs(20));
     assert!(client.get(&keys.node("n1")).unwrap().is_none());
+}
+
+fn node_file(endpoints: &[String], cgroup_parent: &str, port_base: u16) -> String {
+    let endpoints = endpoints.join("\", \"");
+    format!(
+        "name = \"n1\"\netcd = [\"{endpoints}\"]\ndata_dir = \"data\"\n\
+         [node]\nmemory = \"4GiB\"\ncgroup_parent = \"{cgroup_parent}\"\n\
+         [pods]\nport_base = {port_base}\nport_stride = 10\nmax_pods = 8\n\
+         startup_probe_interval = \"50ms\"\nprobe_interval = \"500ms\"\ngrace = \"1s\"\n\
+         [lease]\nttl = \"6s\"\nrenew_every = \"1s\"\ncall_timeout = \"500ms\"\nmargin = \"1s\"\n"
+    )
+}
+
+/// A real partition: the node's machine is a network namespace whose only cable (a veth to
+/// the hub where etcd runs) is taken down. The node must have stopped its agent before etcd
+/// expires its lease — before the registration disappears, which is when a controller would
+/// recreate the agent elsewhere. Then the machine dies whole, and its lease goes within a TTL.
+#[test]
+fn a_node_whose_cable_is_cut_stops_its_agent_before_its_lease_expires() {
+    let scratch = Scratch::new("node-netns");
+    let tag = format!("n{}", std::process::id() % 100_000);
+    let mut net = TestNet::new(&tag, [213, (std::process::id() % 250) as u8 + 1])
+        .expect("network namespaces (root, iproute2)");
+    let etcd = LocalEtcd::start_on(
+        &scratch.path().join("etcd"),
+        3,
+        33700,
+        &net.hub_address(),
+        Some(&net.hub()),
+        Duration::from_secs(30),
+    )
+    .expect("a local etcd cluster in the hub namespace");
+    let client = etcd.client(Duration::from_secs(1));
+    let keys = Keyspace::default();
+    let host = net.add_host().unwrap();
+    let cgroup_parent = format!("carapace-test-node-netns-{}", std::process::id());
+    let config = scratch.file(
+        "node.toml",
+        &node_file(&etcd.endpoints(), &cgroup_parent, 33900),
+    );
+    let node = RunningNode::start_with(
+        TestNet::command_in(&host, env!("CARGO_BIN_EXE_carapace")),
+        &config,
+        &cgroup_parent,
+    );
+    let epoch = node.wait_registered(Duration::from_secs(20));
+    put(
+        &client,
+        &keys.assignment("n1", 1),
+        &assignment(epoch, 1, 1, 10),
+    );
+    let spawned = wait_report(
+        &client,
+        &keys,
+        epoch,
+        Duration::from_secs(30),
+        "spawned",
+        event_of(1, "spawned"),
+    );
+    wait_report(
+        &client,
+        &keys,
+        epoch,
+        Duration::from_secs(30),
+        "ready",
+        event_of(1, "ready"),
+    );
+    let pid = spawned["numbered"]["event"]["pid"].as_u64().unwrap();
+
+    net.set_connected(0, false).unwrap();
+    let deadline = Instant::now() + TTL * 3;
+    while client.get(&keys.node("n1")).unwrap().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the cut node's lease did not expire"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !alive(pid),
+        "the agent still ran when the node's lease expired"
+    );
+    node.wait_line("fenced:", Duration::from_secs(5));
+
+    // Plugged back, it registers as a new node.
+    net.set_connected(0, true).unwrap();
+    let new_epoch = node.wait_registered(TTL * 2);
+    assert!(new_epoch > epoch);
+
+    // The machine dies whole (the node and every pod): its registration goes within a TTL.
+    put(
+        &client,
+        &keys.assignment("n1", 2),
+        &assignment(new_epoch, 2, 1, 20),
+    );
+    wait_report(
+        &client,
+        &keys,
+        new_epoch,
+        Duration::from_secs(30),
+        "agent 2 ready",
+        event_of(2, "ready"),
+    );
+    let killed = Instant::now();
+    TestNet::kill_everything_in(&host).unwrap();
+    while client.get(&keys.node("n1")).unwrap().is_some() {
+        assert!(
+            killed.elapsed() < TTL + Duration::from_secs(3),
+            "a dead machine stayed registered"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(node);
+    drop(etcd);
+    drop(net);
 }
 
 #[test]
