@@ -33,9 +33,30 @@ pub struct NodeFile {
     pub pods: PodsConfig,
     #[serde(default)]
     pub lease: LeaseConfig,
+    #[serde(default)]
+    pub reports: ReportsConfig,
     /// Rung 1 inside each pod: the same table as the controller's `[policy.supervisor]`.
     #[serde(default)]
     pub supervisor: SupervisorPolicy,
+}
+
+/// Which memory samples are written to etcd (see `deadband`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportsConfig {
+    /// A sample is written when it moved by this fraction of the last one written…
+    pub memory_relative_change: f64,
+    /// …or when this long has passed since.
+    pub memory_refresh: Span,
+}
+
+impl Default for ReportsConfig {
+    fn default() -> Self {
+        ReportsConfig {
+            memory_relative_change: 0.05,
+            memory_refresh: span(600_000),
+        }
+    }
 }
 
 /// The node's lease and its self-fencing timings (see `carapace_cluster::fencing`).
@@ -124,6 +145,13 @@ pub fn parse(text: &str, path: &Path, etcd: Option<&str>) -> Result<NodeConfigCh
         margin: ms(file.lease.margin),
     };
     fencing.check().map_err(|e| field("lease", e))?;
+    let change = file.reports.memory_relative_change;
+    if !(change.is_finite() && (0.0..=1.0).contains(&change)) {
+        return Err(field(
+            "reports.memory_relative_change",
+            format!("{change}: a fraction from 0 (every sample) to 1"),
+        ));
+    }
     if file.pods.port_stride == 0 || file.pods.max_pods == 0 {
         return Err(field(
             "pods",
@@ -184,6 +212,10 @@ ttl = "10s"
                 "`etcd`",
             ),
             (GOOD.replace("[lease]", "[lease]\nttll = 1"), "ttll"),
+            (
+                format!("{GOOD}[reports]\nmemory_relative_change = 1.5\n"),
+                "`reports.memory_relative_change`",
+            ),
         ] {
             let error = parse(&text, Path::new("node.toml"), None).unwrap_err();
             assert!(

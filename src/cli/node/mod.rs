@@ -9,6 +9,7 @@
 //! new node: what was assigned to its old registration is the leader's to move.
 
 mod config;
+mod deadband;
 mod protocol;
 mod reconcile;
 mod session;
@@ -77,6 +78,8 @@ struct Node {
     /// started again under the same assignment; the leader decides what follows.
     ended: BTreeMap<AgentId, Instance>,
     next_local_command: u64,
+    memory: deadband::MemoryFilter,
+    band: deadband::Deadband,
 }
 
 async fn node(config: NodeConfigChecked) -> anyhow::Result<()> {
@@ -134,6 +137,11 @@ async fn node(config: NodeConfigChecked) -> anyhow::Result<()> {
         stops: BTreeMap::new(),
         ended: BTreeMap::new(),
         next_local_command: 0,
+        memory: deadband::MemoryFilter::default(),
+        band: deadband::Deadband {
+            relative: file.reports.memory_relative_change,
+            refresh_ms: file.reports.memory_refresh.0.0,
+        },
     };
     node.adopt_pods_on_disk();
     let shutdown = crate::cli::shutdown_signal()?;
@@ -368,6 +376,7 @@ impl Node {
             Report::Finished { command, outcome } => {
                 if let Some((agent, instance)) = self.stops.remove(&command) {
                     self.driver.release_port(agent, instance);
+                    self.memory.forget(agent);
                     if self
                         .pods
                         .get(&agent)
@@ -398,6 +407,15 @@ impl Node {
                 instance,
                 numbered,
             } => {
+                if let carapace_drivers::supervise::Event::Memory {
+                    at_ms, rss_bytes, ..
+                } = numbered.event
+                    && !self
+                        .memory
+                        .admit(self.band, agent, instance, at_ms, rss_bytes)
+                {
+                    return None;
+                }
                 if matches!(
                     numbered.event,
                     carapace_drivers::supervise::Event::Stopped { .. }
