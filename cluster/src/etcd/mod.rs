@@ -395,12 +395,29 @@ impl Client {
             };
             if let Ok(status) = serde_json::from_str::<wire::StatusResponse>(&text) {
                 view.reachable += 1;
-                if status.leader.0 != 0 {
+                if status.leader.is_some_and(|id| !id.is_empty() && id != "0") {
                     view.with_leader += 1;
                 }
             }
         }
         view
+    }
+
+    /// Bytes in use in the database of the member that answers (keys, values, their history
+    /// until compaction, and the store's own structures).
+    pub fn db_size_in_use(&self) -> Result<u64, EtcdError> {
+        let status: wire::StatusResponse =
+            self.call("/v3/maintenance/status", &serde_json::json!({}))?;
+        Ok(status.db_size_in_use.0.max(0) as u64)
+    }
+
+    /// Compacts the history up to `revision`: older versions of keys are dropped.
+    pub fn compact(&self, revision: Revision) -> Result<(), EtcdError> {
+        let _: serde_json::Value = self.call(
+            "/v3/kv/compaction",
+            &serde_json::json!({ "revision": revision.to_string(), "physical": true }),
+        )?;
+        Ok(())
     }
 
     /// Watches every key under `prefix` from `start` (inclusive).

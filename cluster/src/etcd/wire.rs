@@ -270,9 +270,13 @@ pub struct Status {
 /// A member's own view of the cluster (`/v3/maintenance/status`).
 #[derive(Debug, Default, Deserialize)]
 pub struct StatusResponse {
-    /// The leader's member id; left out while the member knows of no leader.
+    /// The leader's member id (an unsigned 64-bit decimal); left out while the member knows
+    /// of no leader.
     #[serde(default)]
-    pub leader: I64,
+    pub leader: Option<String>,
+    /// Bytes of the member's database file in use (free pages left out).
+    #[serde(rename = "dbSizeInUse", default)]
+    pub db_size_in_use: I64,
 }
 
 #[cfg(test)]
@@ -306,7 +310,11 @@ mod tests {
     fn a_member_without_a_leader_says_so() {
         let status = r#"{"header":{"revision":"1"},"version":"3.4.23","raftTerm":"2","errors":["etcdserver: no leader"]}"#;
         let status: StatusResponse = serde_json::from_str(status).unwrap();
-        assert_eq!(status.leader, I64(0));
+        assert_eq!(status.leader, None);
+        let led = r#"{"leader":"11539305337000706507","dbSizeInUse":"16384"}"#;
+        let led: StatusResponse = serde_json::from_str(led).unwrap();
+        assert_eq!(led.leader.as_deref(), Some("11539305337000706507"));
+        assert_eq!(led.db_size_in_use, I64(16_384));
         let frame = r#"{"error":{"grpc_code":14,"http_code":503,"message":"etcdserver: no leader","http_status":"Service Unavailable"}}"#;
         let frame: KeepAliveFrame = serde_json::from_str(frame).unwrap();
         assert_eq!(frame.error.unwrap().code, 14);
