@@ -25,6 +25,8 @@ pub enum Component {
     Poison = 11,
     ProbePhase = 12,
     WarmUp = 13,
+    /// Drawn by a node's failure number, not through [`Counters`].
+    NodeLease = 14,
 }
 
 #[derive(Debug)]

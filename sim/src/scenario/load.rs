@@ -243,6 +243,17 @@ fn check(s: &Scenario) -> Vec<(String, String)> {
         "node_faults.failures_per_node_per_day",
         nf.failures_per_node_per_day,
     );
+    if let Some(lease) = &nf.lease {
+        if lease.ttl.0.0 == 0 {
+            problem("node_faults.lease.ttl", "must be above 0");
+        }
+        if lease.renew_every.0.0 == 0 || lease.renew_every.0 >= lease.ttl.0 {
+            problem(
+                "node_faults.lease.renew_every",
+                "must be above 0 and below node_faults.lease.ttl",
+            );
+        }
+    }
     for (i, loss) in nf.scheduled.iter().enumerate() {
         if loss.node >= fleet.nodes {
             problem(

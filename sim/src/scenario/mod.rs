@@ -184,6 +184,23 @@ pub struct NodeFaults {
     pub repair_time: Span,
     /// Node losses at fixed times, by node index.
     pub scheduled: Vec<ScheduledNodeLoss>,
+    /// Nodes hold etcd leases (`carapace node`): a failed node is lost when its lease
+    /// expires, not after `policy.recovery.heartbeat_timeout_ms`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<NodeLease>,
+}
+
+/// A node's etcd lease, as `carapace node`'s `[lease]` sets it. A node fails at a time
+/// independent of its renewals, so its last renewal was a uniform part of `renew_every` before;
+/// etcd expires the lease `ttl` after that renewal, at its next expiry check (every
+/// `expiry_check`, 500 ms in etcd 3.4). Detection is `ttl − U·renew_every + V·expiry_check`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeLease {
+    pub ttl: Span,
+    pub renew_every: Span,
+    #[serde(default = "defaults::expiry_check")]
+    pub expiry_check: Span,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -400,6 +417,9 @@ mod defaults {
     }
     pub(super) fn spike_duration() -> Span {
         Span(carapace_engine::Millis(300_000))
+    }
+    pub(super) fn expiry_check() -> Span {
+        Span(carapace_engine::Millis(500))
     }
 }
 

@@ -131,7 +131,7 @@ impl Simulation {
                 self.kill_process(id);
             }
         }
-        let detect = Millis(self.scenario.policy.recovery.heartbeat_timeout_ms);
+        let detect = self.node_loss_detection(node);
         let repair = self
             .scenario
             .node_faults
@@ -142,6 +142,21 @@ impl Simulation {
             .push(self.now + detect, Event::NodeLostDetected(node));
         self.queue
             .push(self.now + repair, Event::NodeRepaired(node));
+    }
+
+    /// How long after a node fails the controller learns it: its lease's expiry when nodes
+    /// hold leases, else the heartbeat timeout.
+    fn node_loss_detection(&mut self, node: NodeId) -> Millis {
+        let Some(lease) = &self.scenario.node_faults.lease else {
+            return Millis(self.scenario.policy.recovery.heartbeat_timeout_ms);
+        };
+        let (ttl, renew, check) = (lease.ttl.0.0, lease.renew_every.0.0, lease.expiry_check.0.0);
+        // The n-th failure of the node draws the n-th pair: no counter needed.
+        let draw = self.nodes[node.index()].failures;
+        let since_renewal = self.streams.unit(Component::NodeLease, node.0, draw * 2);
+        let to_check = self.streams.unit(Component::NodeLease, node.0, draw * 2 + 1);
+        let expiry = ttl - (since_renewal * renew as f64) as u64;
+        Millis((expiry + (to_check * check as f64) as u64).max(1))
     }
 
     pub(super) fn node_lost_detected(&mut self, node: NodeId) {

@@ -82,6 +82,70 @@ fn a_probe_timeout_delays_hang_detection_by_exactly_itself() {
     );
 }
 
+/// Detection times of node failures (200 nodes failing twice a day each, over 2 days, no
+/// agent faults) under `node_faults` extra lines.
+fn node_loss_detections(node_faults: &str) -> Vec<f64> {
+    let scenario = parse(&format!(
+        r#"
+        name = "node-losses"
+        seed = 11
+        duration = "2d"
+        warmup = "30m"
+        [fleet]
+        nodes = 200
+        node_memory = "64GiB"
+        tenants = 10
+        [[fleet.classes]]
+        name = "a"
+        agents = 1000
+        memory_limit = "1GiB"
+        memory_request = "256MiB"
+        memory = {{ baseline = "200MiB" }}
+        [node_faults]
+        failures_per_node_per_day = 2.0
+        repair_time = "10m"
+        {node_faults}
+        "#
+    ));
+    let report = Report::of(&run(scenario, Vec::new()));
+    assert_eq!(report.summary.invariant_violation, None);
+    let detections: Vec<f64> = report
+        .incidents
+        .iter()
+        .filter(|i| i.fault == Fault::NodeFailure)
+        .map(|i| i.detection_ms.expect("every node loss is detected") as f64)
+        .collect();
+    assert!(detections.len() > 1_000, "{} node-loss incidents", detections.len());
+    detections
+}
+
+/// Without leases a failed node is lost exactly the heartbeat timeout after it failed.
+#[test]
+fn a_node_without_a_lease_is_lost_after_the_heartbeat_timeout() {
+    let detections = node_loss_detections("");
+    assert!(detections.iter().all(|&d| d == 15_000.0), "{:?}", &detections[..5]);
+}
+
+/// With etcd leases (TTL L, renewals every R, etcd's expiry check every C), a failure lands at
+/// a uniform point of the renewal period and the expiry waits for the next check: detection is
+/// uniform on (L − R, L] plus uniform on [0, C), mean L − R/2 + C/2.
+#[test]
+fn a_node_with_a_lease_is_lost_when_etcd_expires_it() {
+    let (ttl, renew, check) = (15_000.0, 2_000.0, 500.0);
+    let detections =
+        node_loss_detections("lease = { ttl = \"15s\", renew_every = \"2s\" }");
+    assert!(
+        detections.iter().all(|&d| d > ttl - renew && d < ttl + check),
+        "a node loss detected outside (L − R, L + C)"
+    );
+    let mean = detections.iter().sum::<f64>() / detections.len() as f64;
+    let expected = ttl - renew / 2.0 + check / 2.0;
+    assert!(
+        (mean / expected - 1.0).abs() < 0.01,
+        "mean node-loss detection {mean} ms; L − R/2 + C/2 = {expected} ms"
+    );
+}
+
 /// Crash recovery is detection (the exit is seen at once) plus a restart in place (the first
 /// is immediate), a boot of constant length B, and the startup probe that sees it ready: a
 /// crash that meets no other fault recovers in [B, B + P].
