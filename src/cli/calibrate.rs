@@ -163,7 +163,40 @@ fn fragment(dirs: &[PathBuf], samples: &mut BTreeMap<String, Vec<u64>>) -> Strin
             }
         }
     }
+    hung_stop_line(&mut text, samples);
     text
+}
+
+/// `hung_stop_grace`: how much longer a hung instance's stop took than the others, medians
+/// apart.
+fn hung_stop_line(text: &mut String, samples: &mut BTreeMap<String, Vec<u64>>) {
+    let median = |samples: &mut BTreeMap<String, Vec<u64>>, phase: &str| {
+        let values = samples.get_mut(phase)?;
+        if values.len() < MIN_SAMPLES {
+            return None;
+        }
+        values.sort_unstable();
+        Some(values[values.len() / 2])
+    };
+    match (median(samples, HUNG_STOP), median(samples, "stop")) {
+        (Some(hung), Some(stop)) => {
+            let _ = writeln!(
+                text,
+                "# a hung instance's stop beyond the others' (its grace before SIGKILL), medians apart"
+            );
+            let _ = writeln!(
+                text,
+                "hung_stop_grace = \"{}ms\"",
+                hung.saturating_sub(stop)
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                text,
+                "# hung_stop_grace: fewer than {MIN_SAMPLES} stops of hung and of other instances: not fitted"
+            );
+        }
+    }
 }
 
 /// A log-normal fitted by its median and 90th percentile, and how well it fits.
@@ -222,9 +255,17 @@ fn ks_distance(sorted: &[u64], median: f64, p90: f64) -> f64 {
 pub struct Phases {
     started: BTreeMap<u64, Millis>,
     spawned: BTreeMap<u64, (Millis, bool)>,
-    stopped: Option<Millis>,
+    /// The stop decision in flight, and whether it stops a hung instance.
+    stopped: Option<(Millis, bool)>,
+    /// Instances whose probe failed and that have not been ready since.
+    hung: std::collections::BTreeSet<u64>,
     pub samples: Vec<(&'static str, u64)>,
 }
+
+/// A hung instance's stop: it does not act on SIGTERM, so its stop lasts the pod's grace.
+/// Kept apart from `stop` (it would stretch every other stop's fit) and reported as the
+/// simulator's `hung_stop_grace`.
+pub const HUNG_STOP: &str = "stop_hung";
 
 impl Phases {
     pub fn see(&mut self, entry: &Value) {
@@ -235,11 +276,17 @@ impl Phases {
         match (entry["kind"].as_str(), entry["event"].as_str()) {
             (Some("decision"), Some("start")) => {
                 self.started.insert(instance, at);
-                if let Some(stop) = self.stopped.take() {
-                    self.samples.push(("stop", at.saturating_since(stop).0));
+                if let Some((stop, hung)) = self.stopped.take() {
+                    let phase = if hung { HUNG_STOP } else { "stop" };
+                    self.samples.push((phase, at.saturating_since(stop).0));
                 }
             }
-            (Some("decision"), Some("stop")) => self.stopped = Some(at),
+            (Some("decision"), Some("stop")) => {
+                self.stopped = Some((at, self.hung.remove(&instance)));
+            }
+            (Some("observation"), Some("probe_failed")) => {
+                self.hung.insert(instance);
+            }
             (Some("observation"), Some("spawned")) => {
                 let fresh = self.started.remove(&instance);
                 if let Some(start) = fresh {
@@ -249,6 +296,7 @@ impl Phases {
                 self.spawned.insert(instance, (at, fresh.is_some()));
             }
             (Some("observation"), Some("ready")) => {
+                self.hung.remove(&instance);
                 if let Some((spawn, fresh)) = self.spawned.remove(&instance) {
                     let phase = if fresh { "boot" } else { "boot_after_crash" };
                     self.samples.push((phase, at.saturating_since(spawn).0));
@@ -309,6 +357,10 @@ mod tests {
             entry(2600, "decision", "start", 2),
             entry(2700, "observation", "spawned", 2),
             entry(3000, "observation", "ready", 2),
+            // A hang: the probe fails, the instance is stopped, its stop is counted apart.
+            entry(4000, "observation", "probe_failed", 2),
+            entry(4100, "decision", "stop", 2),
+            entry(14_100, "decision", "start", 3),
         ] {
             phases.see(&e);
         }
@@ -318,7 +370,8 @@ mod tests {
                 ("boot_after_crash", 500),
                 ("stop", 2000),
                 ("start_to_spawn", 100),
-                ("boot", 300)
+                ("boot", 300),
+                (HUNG_STOP, 10_000),
             ]
         );
     }

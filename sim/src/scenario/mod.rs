@@ -247,6 +247,15 @@ pub struct Latency {
     pub stop: Dist,
     /// Config validation before start.
     pub validate: Dist,
+    /// A hung process does not act on SIGTERM (a stopped or wedged gateway), so its stop
+    /// lasts this much longer than `stop`: the pod's grace before SIGKILL (`[pods] grace` of
+    /// carapace.toml). 0 by default.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub hung_stop_grace: Span,
+}
+
+fn is_zero(span: &Span) -> bool {
+    span.ms() == 0
 }
 
 impl Default for Latency {
@@ -285,6 +294,7 @@ impl Default for Latency {
                 min: ms(1_200),
                 max: ms(1_800),
             },
+            hung_stop_grace: ms(0),
         }
     }
 }

@@ -54,9 +54,15 @@ impl Simulation {
                 snapshot,
                 reason,
             } => {
+                let hung = self.agents[agent.index()]
+                    .process
+                    .is_some_and(|p| p.state == ProcessState::Hung);
                 self.feed_supervisor(node, SupervisorInput::Release { agent, instance });
-                let latency = self.latency(agent, self.scenario.latency.schedule)
+                let mut latency = self.latency(agent, self.scenario.latency.schedule)
                     + self.latency(agent, self.scenario.latency.stop);
+                if hung {
+                    latency = latency + self.scenario.latency.hung_stop_grace.0;
+                }
                 self.orders.insert(
                     id,
                     Order::Stop {

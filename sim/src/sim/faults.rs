@@ -154,7 +154,9 @@ impl Simulation {
         // The n-th failure of the node draws the n-th pair: no counter needed.
         let draw = self.nodes[node.index()].failures;
         let since_renewal = self.streams.unit(Component::NodeLease, node.0, draw * 2);
-        let to_check = self.streams.unit(Component::NodeLease, node.0, draw * 2 + 1);
+        let to_check = self
+            .streams
+            .unit(Component::NodeLease, node.0, draw * 2 + 1);
         let expiry = ttl - (since_renewal * renew as f64) as u64;
         Millis((expiry + (to_check * check as f64) as u64).max(1))
     }

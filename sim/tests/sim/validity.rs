@@ -115,7 +115,11 @@ fn node_loss_detections(node_faults: &str) -> Vec<f64> {
         .filter(|i| i.fault == Fault::NodeFailure)
         .map(|i| i.detection_ms.expect("every node loss is detected") as f64)
         .collect();
-    assert!(detections.len() > 1_000, "{} node-loss incidents", detections.len());
+    assert!(
+        detections.len() > 1_000,
+        "{} node-loss incidents",
+        detections.len()
+    );
     detections
 }
 
@@ -123,7 +127,11 @@ fn node_loss_detections(node_faults: &str) -> Vec<f64> {
 #[test]
 fn a_node_without_a_lease_is_lost_after_the_heartbeat_timeout() {
     let detections = node_loss_detections("");
-    assert!(detections.iter().all(|&d| d == 15_000.0), "{:?}", &detections[..5]);
+    assert!(
+        detections.iter().all(|&d| d == 15_000.0),
+        "{:?}",
+        &detections[..5]
+    );
 }
 
 /// With etcd leases (TTL L, renewals every R, etcd's expiry check every C), a failure lands at
@@ -132,10 +140,11 @@ fn a_node_without_a_lease_is_lost_after_the_heartbeat_timeout() {
 #[test]
 fn a_node_with_a_lease_is_lost_when_etcd_expires_it() {
     let (ttl, renew, check) = (15_000.0, 2_000.0, 500.0);
-    let detections =
-        node_loss_detections("lease = { ttl = \"15s\", renew_every = \"2s\" }");
+    let detections = node_loss_detections("lease = { ttl = \"15s\", renew_every = \"2s\" }");
     assert!(
-        detections.iter().all(|&d| d > ttl - renew && d < ttl + check),
+        detections
+            .iter()
+            .all(|&d| d > ttl - renew && d < ttl + check),
         "a node loss detected outside (L − R, L + C)"
     );
     let mean = detections.iter().sum::<f64>() / detections.len() as f64;

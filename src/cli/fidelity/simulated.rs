@@ -87,6 +87,9 @@ pub fn scenario(
         }
     }
     let pods = &config.pods;
+    // A hung agent ignores SIGTERM: its stop lasts the grace, which the config says exactly
+    // (the real run's hung stops are kept out of the `stop` fit for that reason).
+    latency.hung_stop_grace = pods.grace;
     let events: Vec<TraceEvent> = real
         .rounds
         .iter()
