@@ -19,6 +19,7 @@ mod config;
 mod controller;
 mod digest;
 mod error;
+pub mod growth;
 mod id;
 mod input;
 mod postmortem;
