@@ -231,14 +231,14 @@ impl Supervisor {
     }
 
     fn adopt(&mut self, agent: AgentId, instance: Instance) {
-        let capacity = self.policy.restart_intensity as usize;
         let child = Child {
             instance,
             state: ChildState::Running {
                 spawned_at: self.now,
                 healthy_since: None,
             },
-            restarts: VecDeque::with_capacity(capacity),
+            // Allocated at the first restart: most children never restart.
+            restarts: VecDeque::new(),
             early_exits: 0,
             probe_failures: 0,
             attempt: 0,
@@ -317,6 +317,9 @@ impl Supervisor {
             child.restarts.len() < policy.restart_intensity as usize,
             "restart budget bounds the restart history"
         );
+        if child.restarts.capacity() == 0 {
+            child.restarts.reserve_exact(policy.restart_intensity as usize);
+        }
         child.restarts.push_back(now);
         child.attempt += 1;
         child.probe_failures = 0;

@@ -7,12 +7,13 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 /// A cheap-to-clone class name that reads, compares and serialises as the string itself.
+/// `Arc<String>` rather than `Arc<str>`: a thin pointer, 8 bytes in each record instead of 16.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ClassName(Arc<str>);
+pub struct ClassName(Arc<String>);
 
 impl ClassName {
     pub fn new(name: &str) -> ClassName {
-        ClassName(Arc::from(name))
+        ClassName(Arc::new(name.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -30,7 +31,7 @@ impl Deref for ClassName {
 
 impl fmt::Debug for ClassName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
@@ -42,13 +43,13 @@ impl fmt::Display for ClassName {
 
 impl PartialEq<str> for ClassName {
     fn eq(&self, other: &str) -> bool {
-        &*self.0 == other
+        self.as_str() == other
     }
 }
 
 impl PartialEq<&str> for ClassName {
     fn eq(&self, other: &&str) -> bool {
-        &*self.0 == *other
+        self.as_str() == *other
     }
 }
 
@@ -60,13 +61,18 @@ impl From<&str> for ClassName {
 
 impl Serialize for ClassName {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.0)
+        serializer.serialize_str(self.as_str())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::ClassName;
+
+    #[test]
+    fn is_one_pointer() {
+        assert_eq!(std::mem::size_of::<ClassName>(), std::mem::size_of::<usize>());
+    }
 
     #[test]
     fn reads_and_serialises_as_the_string() {

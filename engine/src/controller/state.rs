@@ -254,3 +254,4 @@ impl Node {
         self.versions[0] = Some(version);
     }
 }
+
