@@ -23,6 +23,7 @@ pub mod growth;
 mod id;
 mod input;
 mod postmortem;
+mod sorted_map;
 mod spec;
 mod supervisor;
 mod time;

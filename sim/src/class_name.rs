@@ -71,7 +71,10 @@ mod tests {
 
     #[test]
     fn is_one_pointer() {
-        assert_eq!(std::mem::size_of::<ClassName>(), std::mem::size_of::<usize>());
+        assert_eq!(
+            std::mem::size_of::<ClassName>(),
+            std::mem::size_of::<usize>()
+        );
     }
 
     #[test]

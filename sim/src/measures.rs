@@ -111,9 +111,11 @@ pub struct Measures {
     open: BTreeMap<AgentId, Open>,
     provisioning_started: BTreeMap<AgentId, Millis>,
     class_names: Vec<ClassName>,
-    pub detection: Histogram<u64>,
-    pub recovery: Histogram<u64>,
-    pub provisioning: Histogram<u64>,
+    /// `u32` counts: no bucket of a run sees four billion samples, and each histogram spans
+    /// tens of thousands of buckets.
+    pub detection: Histogram<u32>,
+    pub recovery: Histogram<u32>,
+    pub provisioning: Histogram<u32>,
     pub incidents: Vec<IncidentRecord>,
     pub ladder: [u64; 4],
     pub noticed: u64,
@@ -129,7 +131,7 @@ pub struct Measures {
     down_max: u32,
 }
 
-fn histogram() -> Histogram<u64> {
+fn histogram() -> Histogram<u32> {
     // Milliseconds up to ~11 days at 3 significant digits.
     Histogram::new_with_bounds(1, 1 << 40, 3).expect("static histogram bounds are valid")
 }

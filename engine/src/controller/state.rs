@@ -254,4 +254,3 @@ impl Node {
         self.versions[0] = Some(version);
     }
 }
-
