@@ -93,7 +93,7 @@ mod tests {
                 prop_assert_eq!(ours.len(), theirs.len());
                 prop_assert_eq!(ours.is_empty(), theirs.is_empty());
             }
-            let entries: Vec<(u8, u32)> = ours.entries.iter().copied().collect();
+            let entries: Vec<(u8, u32)> = ours.entries.to_vec();
             let expected: Vec<(u8, u32)> = theirs.into_iter().collect();
             prop_assert_eq!(entries, expected);
         }
