@@ -9,10 +9,11 @@
 use crate::config::SupervisorPolicy;
 use crate::id::{AgentId, Instance};
 use crate::input::EscalationReason;
+use crate::sorted_map::SortedMap;
 use crate::time::Millis;
 use crate::timer::Timers;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 /// An observation of a supervised process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,7 +87,8 @@ pub enum SupervisorError {
 pub struct Supervisor {
     policy: SupervisorPolicy,
     now: Millis,
-    children: BTreeMap<AgentId, Child>,
+    /// By agent id; a node's few dozen children, so a sorted `Vec` rather than a `BTreeMap`.
+    children: SortedMap<AgentId, Child>,
     timers: Timers<(AgentId, u32)>,
     commands: VecDeque<SupervisorCommand>,
 }
@@ -120,7 +122,7 @@ impl Supervisor {
         Supervisor {
             policy,
             now: Millis::ZERO,
-            children: BTreeMap::new(),
+            children: SortedMap::default(),
             timers: Timers::default(),
             commands: VecDeque::new(),
         }
@@ -231,14 +233,14 @@ impl Supervisor {
     }
 
     fn adopt(&mut self, agent: AgentId, instance: Instance) {
-        let capacity = self.policy.restart_intensity as usize;
         let child = Child {
             instance,
             state: ChildState::Running {
                 spawned_at: self.now,
                 healthy_since: None,
             },
-            restarts: VecDeque::with_capacity(capacity),
+            // Allocated at the first restart: most children never restart.
+            restarts: VecDeque::new(),
             early_exits: 0,
             probe_failures: 0,
             attempt: 0,
@@ -317,6 +319,11 @@ impl Supervisor {
             child.restarts.len() < policy.restart_intensity as usize,
             "restart budget bounds the restart history"
         );
+        if child.restarts.capacity() == 0 {
+            child
+                .restarts
+                .reserve_exact(policy.restart_intensity as usize);
+        }
         child.restarts.push_back(now);
         child.attempt += 1;
         child.probe_failures = 0;

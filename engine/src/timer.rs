@@ -1,6 +1,7 @@
 //! A deadline queue with lazy cancellation: entries carry a generation that the owner checks
 //! when one fires, so cancelling is bumping a counter rather than searching the heap.
 
+use crate::growth::GrowGently;
 use crate::time::Millis;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -24,6 +25,8 @@ impl<K: Ord> Default for Timers<K> {
 impl<K: Ord> Timers<K> {
     pub(crate) fn set(&mut self, at: Millis, key: K) {
         self.sequence += 1;
+        // A fleet's timers number a few per agent, stale ones included.
+        self.heap.grow_gently();
         self.heap.push(Reverse((at, self.sequence, key)));
     }
 

@@ -5,6 +5,7 @@
 //! public API: the simulator owns time, the world and the faults; the engine owns every
 //! decision. The same scenario and seed give a byte-identical report.
 
+mod class_name;
 mod dist;
 pub mod explore;
 mod measures;
@@ -16,6 +17,7 @@ mod sim;
 pub mod trace;
 mod world;
 
+pub use class_name::ClassName;
 pub use measures::{Bucket, Fault, IncidentRecord, Measures};
 pub use queue::EventQueue;
 pub use rng::{Component, Streams};

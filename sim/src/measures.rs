@@ -5,9 +5,12 @@
 //! - provisioning: create accepted → first healthy probe;
 //! - unnoticed: no client request hit the outage for longer than the client's timeout.
 
+use crate::class_name::ClassName;
+use carapace_engine::growth::GrowGently;
 use carapace_engine::{AgentId, Millis, Rung};
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 /// Ground truth: what actually happened to the agent (the engine may see it differently).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -53,7 +56,8 @@ impl Fault {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct IncidentRecord {
     pub agent: u32,
-    pub class: String,
+    /// Shared by every incident of the class: a run keeps tens of thousands of these.
+    pub class: ClassName,
     pub fault: Fault,
     pub start_ms: u64,
     pub detection_ms: Option<u64>,
@@ -102,11 +106,16 @@ pub struct NodeLoad {
 #[derive(Debug)]
 pub struct Measures {
     warmup: Millis,
-    open: Vec<Option<Open>>,
-    provisioning_started: Vec<Option<Millis>>,
-    pub detection: Histogram<u64>,
-    pub recovery: Histogram<u64>,
-    pub provisioning: Histogram<u64>,
+    /// Only agents out of service or still provisioning have an entry: a few hundred at a
+    /// time in a fleet of thousands, so maps rather than slots for every agent id ever used.
+    open: BTreeMap<AgentId, Open>,
+    provisioning_started: BTreeMap<AgentId, Millis>,
+    class_names: Vec<ClassName>,
+    /// `u32` counts: no bucket of a run sees four billion samples, and each histogram spans
+    /// tens of thousands of buckets.
+    pub detection: Histogram<u32>,
+    pub recovery: Histogram<u32>,
+    pub provisioning: Histogram<u32>,
     pub incidents: Vec<IncidentRecord>,
     pub ladder: [u64; 4],
     pub noticed: u64,
@@ -122,7 +131,7 @@ pub struct Measures {
     down_max: u32,
 }
 
-fn histogram() -> Histogram<u64> {
+fn histogram() -> Histogram<u32> {
     // Milliseconds up to ~11 days at 3 significant digits.
     Histogram::new_with_bounds(1, 1 << 40, 3).expect("static histogram bounds are valid")
 }
@@ -131,8 +140,9 @@ impl Measures {
     pub fn new(warmup: Millis) -> Measures {
         Measures {
             warmup,
-            open: Vec::new(),
-            provisioning_started: Vec::new(),
+            open: BTreeMap::new(),
+            provisioning_started: BTreeMap::new(),
+            class_names: Vec::new(),
             detection: histogram(),
             recovery: histogram(),
             provisioning: histogram(),
@@ -152,43 +162,29 @@ impl Measures {
         }
     }
 
-    fn slot<T: Default>(table: &mut Vec<T>, agent: AgentId) -> &mut T {
-        if table.len() <= agent.index() {
-            table.resize_with(agent.index() + 1, T::default);
-        }
-        &mut table[agent.index()]
-    }
-
     /// The agent stopped serving because of `fault`; merges into an incident already open.
     pub fn fault(&mut self, agent: AgentId, fault: Fault, now: Millis) {
         let counted = now >= self.warmup;
-        let open = Self::slot(&mut self.open, agent);
-        if open.is_none() {
-            *open = Some(Open {
-                fault,
-                start: now,
-                detected: None,
-                counted,
-            });
-        }
+        self.open.entry(agent).or_insert(Open {
+            fault,
+            start: now,
+            detected: None,
+            counted,
+        });
     }
 
     /// When the agent's open incident started.
     pub fn open_start(&self, agent: AgentId) -> Option<Millis> {
-        self.open
-            .get(agent.index())
-            .copied()
-            .flatten()
-            .map(|o| o.start)
+        self.open.get(&agent).map(|o| o.start)
     }
 
     pub fn is_open(&self, agent: AgentId) -> bool {
-        self.open.get(agent.index()).is_some_and(Option::is_some)
+        self.open.contains_key(&agent)
     }
 
     /// An input showing the fault reached the engine.
     pub fn observed(&mut self, agent: AgentId, now: Millis) {
-        if let Some(Some(open)) = self.open.get_mut(agent.index()) {
+        if let Some(open) = self.open.get_mut(&agent) {
             open.detected.get_or_insert(now);
         }
     }
@@ -204,16 +200,12 @@ impl Measures {
         first_request: Millis,
         timeout: Millis,
     ) {
-        if let Some(Some(open)) = self
-            .provisioning_started
-            .get_mut(agent.index())
-            .map(Option::take)
-        {
+        if let Some(started) = self.provisioning_started.remove(&agent) {
             let _ = self
                 .provisioning
-                .record(now.saturating_since(open).0.max(1));
+                .record(now.saturating_since(started).0.max(1));
         }
-        let Some(open) = self.open.get_mut(agent.index()).and_then(Option::take) else {
+        let Some(open) = self.open.remove(&agent) else {
             return;
         };
         let rung = rung.map_or(1, Rung::number);
@@ -222,7 +214,7 @@ impl Measures {
 
     /// The incident ended in a critical alert.
     pub fn alerted(&mut self, agent: AgentId, class: &str, now: Millis) {
-        let Some(open) = self.open.get_mut(agent.index()).and_then(Option::take) else {
+        let Some(open) = self.open.remove(&agent) else {
             return;
         };
         // Nobody serves the client until a human acts: the outage is noticed.
@@ -261,9 +253,11 @@ impl Measures {
             self.unnoticed += 1;
         }
         self.ladder[usize::from(rung.clamp(1, 4)) - 1] += 1;
+        let class = self.class_name(class);
+        self.incidents.grow_gently();
         self.incidents.push(IncidentRecord {
             agent: agent.0,
-            class: class.to_owned(),
+            class,
             fault: open.fault,
             start_ms: open.start.0,
             detection_ms: detection,
@@ -275,26 +269,32 @@ impl Measures {
 
     /// The agent was forgotten (removed); an open incident ends without a verdict.
     pub fn forget(&mut self, agent: AgentId) {
-        if let Some(slot) = self.open.get_mut(agent.index()) {
-            *slot = None;
-        }
-        if let Some(slot) = self.provisioning_started.get_mut(agent.index()) {
-            *slot = None;
-        }
+        self.open.remove(&agent);
+        self.provisioning_started.remove(&agent);
     }
 
     pub fn provisioning_started(&mut self, agent: AgentId, now: Millis) {
         if now >= self.warmup {
-            *Self::slot(&mut self.provisioning_started, agent) = Some(now);
+            self.provisioning_started.insert(agent, now);
         }
     }
 
-    /// Incidents still open when the run ended (counted ones only).
+    /// Incidents still open when the run ended (counted ones only), by agent id.
     pub fn unresolved(&self) -> impl Iterator<Item = (AgentId, Fault, Millis)> + '_ {
-        self.open.iter().enumerate().filter_map(|(i, o)| {
-            o.filter(|o| o.counted)
-                .map(|o| (AgentId(i as u32), o.fault, o.start))
-        })
+        self.open
+            .iter()
+            .filter(|(_, o)| o.counted)
+            .map(|(&agent, o)| (agent, o.fault, o.start))
+    }
+
+    /// The shared name of `class`: classes are few, so a scan of those seen so far.
+    fn class_name(&mut self, class: &str) -> ClassName {
+        if let Some(name) = self.class_names.iter().find(|n| n.as_str() == class) {
+            return name.clone();
+        }
+        let name = ClassName::new(class);
+        self.class_names.push(name.clone());
+        name
     }
 
     pub fn node_utilisation(&mut self, utilisation: f64) {

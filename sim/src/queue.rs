@@ -4,6 +4,7 @@
 //! both lanes, so the order is total and the same on every run.
 
 use carapace_engine::Millis;
+use carapace_engine::growth::GrowGently;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
@@ -47,6 +48,8 @@ impl<E> Default for EventQueue<E> {
 impl<E> EventQueue<E> {
     pub fn push(&mut self, at: Millis, event: E) {
         self.sequence += 1;
+        // The heap holds a couple of pending events per agent for the whole run.
+        self.heap.grow_gently();
         self.heap.push(Reverse(Entry(at, self.sequence, event)));
     }
 

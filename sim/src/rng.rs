@@ -5,7 +5,10 @@
 //! So adding a component, a fault type or an agent never shifts another component's draws,
 //! and the order in which events happen to be processed cannot change a value either.
 
-use rand::{Rng, SeedableRng};
+mod block;
+
+use block::Block;
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 /// What a draw is for. The discriminant is the ChaCha stream's high bits: never renumber.
@@ -29,24 +32,24 @@ pub enum Component {
     NodeLease = 14,
 }
 
+/// The keystream of `ChaCha8Rng::seed_from_u64(seed)`, read one addressed word at a time.
 #[derive(Debug)]
 pub struct Streams {
-    rng: ChaCha8Rng,
+    block: Block,
 }
 
 impl Streams {
     pub fn new(seed: u64) -> Streams {
         Streams {
-            rng: ChaCha8Rng::seed_from_u64(seed),
+            block: Block::new(ChaCha8Rng::seed_from_u64(seed).get_seed()),
         }
     }
 
-    /// The `draw`-th 64-bit number of `component`'s stream for `entity`.
+    /// The `draw`-th 64-bit number of `component`'s stream for `entity`: words `2 × draw` and
+    /// `2 × draw + 1` of ChaCha8 stream `component << 32 | entity`.
     pub fn u64(&mut self, component: Component, entity: u32, draw: u32) -> u64 {
-        self.rng
-            .set_stream((u64::from(component as u32) << 32) | u64::from(entity));
-        self.rng.set_word_pos(u128::from(draw) * 2);
-        self.rng.next_u64()
+        let stream = (u64::from(component as u32) << 32) | u64::from(entity);
+        self.block.u64_at(stream, u64::from(draw) * 2)
     }
 
     /// Uniform in [0, 1).
@@ -86,6 +89,22 @@ mod tests {
         assert_ne!(a.u64(Component::Crash, 3, 1), first);
         assert_ne!(a.u64(Component::Crash, 4, 0), first);
         assert_ne!(Streams::new(8).u64(Component::Crash, 3, 0), first);
+    }
+
+    #[test]
+    fn draws_are_those_of_rand_chacha() {
+        use rand::{Rng, SeedableRng};
+        let mut streams = Streams::new(11_000);
+        for (component, entity, draw) in [
+            (Component::Crash, 0, 0),
+            (Component::Latency, 10_999, 7),
+            (Component::WarmUp, u32::MAX, u32::MAX),
+        ] {
+            let mut rng = ChaCha8Rng::seed_from_u64(11_000);
+            rng.set_stream((u64::from(component as u32) << 32) | u64::from(entity));
+            rng.set_word_pos(u128::from(draw) * 2);
+            assert_eq!(streams.u64(component, entity, draw), rng.next_u64());
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! the engine makes them all.
 
 use crate::scenario::{AgentClass, Scenario};
+use carapace_engine::growth::GrowGently;
 use carapace_engine::{AgentId, Instance, Millis, NodeId, Supervisor, SupervisorPolicy, Version};
 
 mod steady;
@@ -87,6 +88,10 @@ impl SimNode {
                 i
             }
             Err(i) => {
+                // Every node's lists hover around its share of the fleet: doubling would leave
+                // a third of them empty.
+                self.pods.grow_gently();
+                self.hot.grow_gently();
                 self.pods.insert(i, agent);
                 self.hot.insert(i, hot);
                 i

@@ -32,7 +32,7 @@ impl Controller {
         if self.agents.len() <= id.index() {
             self.agents.resize_with(id.index() + 1, || None);
         }
-        self.agents[id.index()] = Some(Agent::new(spec, depth, self.now));
+        self.agents[id.index()] = Some(Box::new(Agent::new(spec, depth, self.now)));
         self.agent_count += 1;
         self.enqueue(id, launch);
         Ok(())

@@ -58,8 +58,10 @@ pub const CONTROLLER_RNG_STREAM: u64 = 1;
 pub struct Controller {
     config: EngineConfig,
     now: Millis,
-    /// Dense by agent id.
-    agents: Vec<Option<Agent>>,
+    /// Dense by agent id, boxed: ids are never reused, so a long-lived fleet with churn holds
+    /// many empty slots, and a slot of a removed agent (or of the growth slack) should cost a
+    /// pointer, not a whole `Agent` (hundreds of bytes).
+    agents: Vec<Option<Box<Agent>>>,
     agent_count: u32,
     /// Dense by node id.
     nodes: Vec<Option<Node>>,
@@ -477,11 +479,11 @@ impl Controller {
     }
 
     fn agent_ref(&self, id: AgentId) -> Option<&Agent> {
-        self.agents.get(id.index())?.as_ref()
+        self.agents.get(id.index())?.as_deref()
     }
 
     fn agent_mut(&mut self, id: AgentId) -> Option<&mut Agent> {
-        self.agents.get_mut(id.index())?.as_mut()
+        self.agents.get_mut(id.index())?.as_deref_mut()
     }
 
     /// Agents are looked up by callers that just checked they exist.

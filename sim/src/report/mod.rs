@@ -23,7 +23,7 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    pub fn of(histogram: &Histogram<u64>) -> Percentiles {
+    pub fn of(histogram: &Histogram<u32>) -> Percentiles {
         if histogram.is_empty() {
             return Percentiles::default();
         }
@@ -558,7 +558,7 @@ fn judge(s: &crate::scenario::Scenario, m: &Summary) -> Vec<Verdict> {
     verdicts
 }
 
-fn cdf(histogram: &Histogram<u64>) -> Vec<(f64, f64)> {
+fn cdf(histogram: &Histogram<u32>) -> Vec<(f64, f64)> {
     if histogram.is_empty() {
         return Vec::new();
     }
@@ -566,7 +566,7 @@ fn cdf(histogram: &Histogram<u64>) -> Vec<(f64, f64)> {
     let mut seen = 0u64;
     let mut points = vec![(0.0, 0.0)];
     for value in histogram.iter_recorded() {
-        seen += value.count_at_value();
+        seen += u64::from(value.count_at_value());
         points.push((
             histogram.highest_equivalent(value.value_iterated_to()) as f64,
             round4(seen as f64 / total),
