@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 const BOOT_MS: u64 = 3_000;
 
 /// The warm pool's template: the test agent's launch as `agent_body` declares it.
-fn template(bin: &Path) -> Value {
+fn template(bin: &Path, boot_ms: u64) -> Value {
     let bin = bin.display().to_string();
     json!({
         "command": [bin, "--state", "{state}", "--config", "{config}", "--port", "{port}"],
         "probe": "http://127.0.0.1:{port}/readyz",
         "validate": [bin, "--validate", "--config", "{config}"],
-        "config": {"port": 1, "boot_ms": BOOT_MS, "greeting": "standby"},
+        "config": {"port": 1, "boot_ms": boot_ms, "greeting": "standby"},
         "memory_limit": "256MiB",
         "adopt_probe": "http://127.0.0.1:{port}/auth"
     })
@@ -33,14 +33,14 @@ fn fitting(served: &Served, name: &str) -> Value {
     )
 }
 
-fn warm_daemon(scratch: &Scratch) -> Served {
+fn warm_daemon(scratch: &Scratch, boot_ms: u64, policy: &str) -> Served {
     let template_file = scratch.file(
         "warm.json",
-        &serde_json::to_string_pretty(&template(&test_agent())).expect("json"),
+        &serde_json::to_string_pretty(&template(&test_agent(), boot_ms)).expect("json"),
     );
     let ports = port_block();
     let policy = format!(
-        "{TEST_POLICY}\n[policy.placement]\nwarm_pool_per_node = 1\nwarm_instance_bytes = 268435456\n\n\
+        "{policy}\n[policy.placement]\nwarm_pool_per_node = 1\nwarm_instance_bytes = 268435456\n\n\
          [warm_pool]\ntemplate_file = \"{}\"\n",
         template_file.display()
     );
@@ -104,7 +104,7 @@ fn create_timed(served: &Served, body: &Value) -> Duration {
 #[test]
 fn a_warm_pool_standby_is_adopted_by_a_new_agent_refilled_and_kept_across_a_daemon_kill() {
     let scratch = Scratch::new("serve-warm");
-    let mut served = warm_daemon(&scratch);
+    let mut served = warm_daemon(&scratch, BOOT_MS, TEST_POLICY);
     assert_eq!(
         standbys_ready(&served),
         0,
@@ -220,6 +220,60 @@ fn a_warm_pool_standby_is_adopted_by_a_new_agent_refilled_and_kept_across_a_daem
     assert_eq!(served.api("GET", "/v1/alerts", None)["alerts"], json!([]));
 }
 
+/// A config the running agent refuses to reload (a wrong type) never makes the adopted
+/// standby ready: its new token is never accepted, the start deadline passes, and the cold
+/// instance that replaces it is refused by the validator (rung 3), never run.
+#[test]
+fn an_adopted_config_the_agent_refuses_is_never_reported_ready() {
+    let scratch = Scratch::new("serve-warm-refused-config");
+    let policy = TEST_POLICY.replace("start_deadline_ms = 30000", "start_deadline_ms = 2000");
+    let served = warm_daemon(&scratch, 300, &policy);
+    served.api(
+        "POST",
+        "/v1/agents",
+        Some(&fitting_boot(&served, "first", 300)),
+    );
+    served.wait_running("first", 1);
+    wait_standbys(&served, 1, Duration::from_secs(30));
+    let mut broken = fitting_boot(&served, "broken", 300);
+    broken["config"]["greeting"] = json!(5);
+    served.api("POST", "/v1/agents", Some(&broken));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let view = served.agent("broken");
+        assert_ne!(view["status"], "running", "a refused config runs: {view}");
+        let events = served.api("GET", "/v1/events", None)["events"].clone();
+        let rejected = events
+            .as_array()
+            .expect("events")
+            .iter()
+            .any(|e| e["agent"] == "broken" && e["event"] == "config_rejected");
+        if rejected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no config_rejected for broken: {events}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ready = served.api("GET", "/v1/events", None)["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["agent"] == "broken" && e["event"] == "ready")
+        .count();
+    assert_eq!(ready, 0, "never ready");
+}
+
+fn fitting_boot(served: &Served, name: &str, boot_ms: u64) -> Value {
+    served.agent_body(
+        name,
+        json!({"config": {"port": 1, "boot_ms": boot_ms, "greeting": format!("hello from {name}"),
+                          "token": "{token}"}}),
+    )
+}
+
 /// `GET /auth` with a bearer token: the status.
 fn auth(port: u16, token: &str) -> u16 {
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -239,9 +293,9 @@ fn auth(port: u16, token: &str) -> u16 {
 #[test]
 fn a_warm_pool_without_a_usable_template_is_refused_naming_the_field() {
     let scratch = Scratch::new("serve-warm-refused");
-    let mut per_agent = template(&test_agent());
+    let mut per_agent = template(&test_agent(), BOOT_MS);
     per_agent["env"] = json!({"TOKEN": "{token}"});
-    let mut no_probe = template(&test_agent());
+    let mut no_probe = template(&test_agent(), BOOT_MS);
     no_probe
         .as_object_mut()
         .expect("an object")
