@@ -52,7 +52,11 @@ pub async fn run_pod(
         // Joined before the agent exists, so everything the agent spawns inherits the limit.
         std::fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string()).map_err(io)?;
     }
-    std::fs::write(dir.pid(), std::process::id().to_string()).map_err(io)?;
+    // Written whole and renamed into place: a reader never sees an empty pid file, which it
+    // would take for a supervisor that died.
+    let pid_tmp = dir.root().join("supervise.pid.tmp");
+    std::fs::write(&pid_tmp, std::process::id().to_string()).map_err(io)?;
+    std::fs::rename(&pid_tmp, dir.pid()).map_err(io)?;
     std::fs::create_dir_all(dir.state()).map_err(io)?;
     let log = Arc::new(Mutex::new(EventLog::open(&dir).map_err(io)?));
     let _ = std::fs::remove_file(dir.socket());

@@ -335,7 +335,8 @@ impl ProcessDriver {
                     }
                     // A supervisor that recorded its pid and is gone is lost now; one that
                     // has not written it yet may still be starting.
-                    let started = client.dir().pid().exists();
+                    // Written but maybe not yet filled in: only a pid that reads counts.
+                    let started = supervisor_pid(client.dir()).is_some();
                     let waited = since.elapsed() > SUPERVISOR_START_GRACE;
                     let stopped = stopping
                         .lock()
@@ -513,6 +514,7 @@ impl ProcessDriver {
         if let Some(&port) = self.ports.get(&(agent, instance)) {
             return Some(port);
         }
+        self.prune_standby_ports();
         let taken: std::collections::BTreeSet<u16> = self.ports.values().copied().collect();
         let port = (0..self.settings.max_pods)
             .map(|slot| self.settings.port_base + slot * self.settings.port_stride)
@@ -583,7 +585,7 @@ pub(super) fn supervisor_alive(dir: &PodDir) -> bool {
     })
 }
 
-fn supervisor_pid(dir: &PodDir) -> Option<i32> {
+pub(super) fn supervisor_pid(dir: &PodDir) -> Option<i32> {
     std::fs::read_to_string(dir.pid()).ok()?.trim().parse().ok()
 }
 

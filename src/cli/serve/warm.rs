@@ -551,6 +551,14 @@ impl ProcessDriver {
         });
     }
 
+    /// Frees the port slots of standbys that are gone (lost while they waited).
+    pub(super) fn prune_standby_ports(&mut self) {
+        let warm = self.warm_dir();
+        self.ports.retain(|(agent, instance), _| {
+            *agent != STANDBY || warm.join(instance.0.to_string()).exists()
+        });
+    }
+
     /// Ready standbys now (for `/metrics`).
     pub fn standbys_ready(&self) -> usize {
         self.warm.as_ref().map_or(0, |pool| {
@@ -666,7 +674,7 @@ async fn follow(
             return Followed::Adopted;
         }
         let since = *unreachable_since.get_or_insert_with(tokio::time::Instant::now);
-        let started = dir.pid().exists();
+        let started = super::driver::supervisor_pid(dir).is_some();
         if (started || since.elapsed() > Duration::from_secs(5)) && !supervisor_alive(dir) {
             return Followed::Lost { reported };
         }
