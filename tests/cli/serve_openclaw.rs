@@ -382,7 +382,9 @@ fn an_openclaw_standby_is_adopted_by_hot_reload_and_survives_a_daemon_kill() {
     let scratch = Scratch::new("serve-openclaw-warm");
     let mock = MockLlm::start();
     let api_port = 47_000 + (std::process::id() % 20) as u16 * 10 + 5;
-    let base = 48_000 + (std::process::id() % 10) as u16 * 600;
+    // A range of its own (4 pods of 120 ports per process), apart from the test above: a
+    // gateway of one test still dying cannot hold a port the other is given.
+    let base = 54_000 + (std::process::id() % 10) as u16 * 480;
     let pods = format!("port_base = {base}\nport_stride = 120\nmax_pods = 4\n{PODS}");
     let body = |name: &str| gateway(name, &openclaw, &node_bin, mock.port);
     let mut template = body("template");

@@ -220,6 +220,37 @@ fn a_warm_pool_standby_is_adopted_by_a_new_agent_refilled_and_kept_across_a_daem
     assert_eq!(served.api("GET", "/v1/alerts", None)["alerts"], json!([]));
 }
 
+/// A standby killed while it waits is restarted in place by its supervisor; a create meanwhile
+/// starts cold, and the refill it causes is served by that standby once it is back: the pool
+/// does not grow past its size.
+#[test]
+fn a_create_while_the_standby_restarts_starts_cold_and_the_pool_stays_one() {
+    let scratch = Scratch::new("serve-warm-restarting");
+    let served = warm_daemon(&scratch, BOOT_MS, TEST_POLICY);
+    served.api("POST", "/v1/agents", Some(&fitting(&served, "first")));
+    served.wait_running("first", 1);
+    wait_standbys(&served, 1, Duration::from_secs(30));
+    let standby = standby_pids(&served);
+    assert_eq!(standby.len(), 1, "{standby:?}");
+    crate::serve::signal(standby[0].1 as u32, nix::sys::signal::Signal::SIGKILL);
+    wait_standbys(&served, 0, Duration::from_secs(10));
+    let cold = create_timed(&served, &fitting(&served, "meanwhile"));
+    assert!(
+        cold >= Duration::from_millis(BOOT_MS),
+        "no standby was ready: {cold:?}"
+    );
+    wait_standbys(&served, 1, Duration::from_secs(30));
+    let after = standby_pids(&served);
+    assert_eq!(
+        after.len(),
+        1,
+        "the restarted standby, and no second one: {after:?}"
+    );
+    assert_eq!(after[0].0, standby[0].0, "the same slot");
+    assert_ne!(after[0].1, standby[0].1, "restarted in place");
+    assert_eq!(served.agent_processes().len(), 3, "two agents, one standby");
+}
+
 /// A config the running agent refuses to reload (a wrong type) never makes the adopted
 /// standby ready: its new token is never accepted, the start deadline passes, and the cold
 /// instance that replaces it is refused by the validator (rung 3), never run.

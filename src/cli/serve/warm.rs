@@ -122,8 +122,11 @@ impl WarmTemplate {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Standby {
+    /// Not ready yet: its warm-up has not finished.
     Booting,
     Ready,
+    /// Was ready (the engine counts it warm), and is being restarted in place.
+    Restarting,
 }
 
 /// The driver's standby pods.
@@ -331,6 +334,18 @@ impl ProcessDriver {
             .find(|(_, s)| **s == Standby::Ready)
             .map(|(slot, _)| *slot);
         let Some(slot) = ready else {
+            // A standby the engine counted is restarting: once ready again it serves the
+            // refill this take makes the engine ask for.
+            let restarting = pool
+                .standbys
+                .lock()
+                .expect("the standbys' lock")
+                .values()
+                .filter(|s| **s == Standby::Restarting)
+                .count();
+            if (pool.uncounted as usize) < restarting {
+                pool.uncounted += 1;
+            }
             tracing::info!(agent = %record.id, "no standby ready: a cold start");
             return Taken::Cold;
         };
@@ -632,7 +647,9 @@ async fn follow(
                             Step::Ready
                         }
                         Event::Exited { .. } | Event::ProbeFailed { .. } => {
-                            *state = Standby::Booting;
+                            if *state == Standby::Ready {
+                                *state = Standby::Restarting;
+                            }
                             Step::Go
                         }
                         Event::Escalated { .. }
