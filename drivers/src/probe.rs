@@ -257,4 +257,45 @@ mod tests {
             .unwrap();
         assert!(refused.check(Duration::from_secs(5)).await.is_err());
     }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_authorized_probe_passes_only_when_its_token_is_taken() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let mut requests = Vec::new();
+            for answer in ["401 Unauthorized", "503 Busy", "404 Not Found"] {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 512];
+                let n = socket.read(&mut buf).await.unwrap();
+                requests.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                let reply = format!("HTTP/1.1 {answer}\r\n\r\n");
+                socket.write_all(reply.as_bytes()).await.unwrap();
+            }
+            requests
+        });
+        let probe = Probe::authorized(&format!("http://{addr}/auth"), "s3cret".into()).unwrap();
+        assert!(
+            !format!("{probe:?}").contains("s3cret"),
+            "Debug hides the token"
+        );
+        let refused = probe.check(Duration::from_secs(5)).await.unwrap_err();
+        assert!(
+            refused.contains("401") && !refused.contains("s3cret"),
+            "{refused}"
+        );
+        assert!(
+            probe.check(Duration::from_secs(5)).await.is_err(),
+            "a 5xx is no proof"
+        );
+        assert_eq!(probe.check(Duration::from_secs(5)).await, Ok(()));
+        let requests = server.await.unwrap();
+        assert!(
+            requests[0].starts_with("POST /auth ")
+                && requests[0].contains("Authorization: Bearer s3cret\r\n"),
+            "{}",
+            requests[0]
+        );
+        assert!(Probe::authorized("tcp://127.0.0.1:1", "t".into()).is_err());
+    }
 }
