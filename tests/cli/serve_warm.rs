@@ -251,6 +251,54 @@ fn a_create_while_the_standby_restarts_starts_cold_and_the_pool_stays_one() {
     assert_eq!(served.agent_processes().len(), 3, "two agents, one standby");
 }
 
+/// A standby booted from a template that changed while the daemon was down is not adopted:
+/// the restarted daemon discards it, the next create starts cold, and the pool refills from
+/// the new template.
+#[test]
+fn a_standby_of_a_changed_template_is_discarded_not_adopted() {
+    let scratch = Scratch::new("serve-warm-template-changed");
+    let mut served = warm_daemon(&scratch, 300, TEST_POLICY);
+    served.api(
+        "POST",
+        "/v1/agents",
+        Some(&fitting_boot(&served, "first", 300)),
+    );
+    served.wait_running("first", 1);
+    wait_standbys(&served, 1, Duration::from_secs(30));
+    let old = standby_pids(&served);
+    served.kill_daemon();
+    let mut changed = template(&test_agent(), 300);
+    changed["config"]["greeting"] = json!("standby, second edition");
+    scratch.file("warm.json", &changed.to_string());
+    served.launch();
+    served.wait_running("first", 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while crate::serve::alive(old[0].1 as u32) || !standby_pids(&served).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the stale standby is still there"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(standbys_ready(&served), 0, "nothing adoptable left");
+    let cold = create_timed(&served, &fitting_boot(&served, "second", 300));
+    assert!(cold >= Duration::from_millis(300), "cold: {cold:?}");
+    wait_standbys(&served, 1, Duration::from_secs(30));
+    let new = standby_pids(&served);
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert_ne!(new[0], old[0]);
+    let config = std::fs::read_to_string(
+        served
+            .data_dir()
+            .join("pods/warm")
+            .join(&new[0].0)
+            .join("config.json"),
+    )
+    .expect("the new standby's config");
+    assert!(config.contains("second edition"), "{config}");
+    assert_eq!(served.agent_processes().len(), 3, "two agents, one standby");
+}
+
 /// A config the running agent refuses to reload (a wrong type) never makes the adopted
 /// standby ready: its new token is never accepted, the start deadline passes, and the cold
 /// instance that replaces it is refused by the validator (rung 3), never run.

@@ -36,6 +36,8 @@ const WARM_UP_DEADLINE: Duration = Duration::from_secs(600);
 /// seq after which its events are its new owner's.
 const WARM_UP_FILE: &str = "warm_up";
 const ADOPTED_AFTER_FILE: &str = "adopted_after";
+/// The fingerprint of the template a standby was booted from.
+const TEMPLATE_FILE: &str = "template";
 /// The name of the pod's memory cgroup when it is not `pod-<agent>-<instance>`.
 pub(super) const CGROUP_NAME_FILE: &str = "cgroup_name";
 
@@ -89,6 +91,21 @@ impl WarmTemplate {
             }
         }
         Ok(template)
+    }
+
+    /// blake3 of what a standby is booted with: a standby of another template is not reused.
+    fn fingerprint(&self) -> String {
+        let launch = serde_json::json!([
+            self.command,
+            self.env,
+            self.probe,
+            self.config,
+            self.validate,
+            self.memory_limit.0,
+        ]);
+        blake3::hash(launch.to_string().as_bytes())
+            .to_hex()
+            .to_string()
     }
 
     fn request(&self) -> AgentRequest {
@@ -215,11 +232,21 @@ impl ProcessDriver {
             self.report_finished(command, Outcome::Succeeded);
             return;
         }
+        let fingerprint = pool.template.fingerprint();
         let on_disk = self.standby_slots_on_disk();
         let booted_by_it = on_disk.iter().copied().find(|slot| {
             std::fs::read_to_string(self.standby_dir(*slot).root().join(WARM_UP_FILE))
                 .is_ok_and(|text| text.trim() == command.0.to_string())
         });
+        // One booted from another template (the file changed across a restart) goes.
+        let stale = booted_by_it.filter(|slot| {
+            !std::fs::read_to_string(self.standby_dir(*slot).root().join(TEMPLATE_FILE))
+                .is_ok_and(|t| t.trim() == fingerprint)
+        });
+        if let Some(slot) = stale {
+            self.discard_standby(slot);
+        }
+        let booted_by_it = booted_by_it.filter(|_| stale.is_none());
         let slot = booted_by_it.unwrap_or_else(|| on_disk.last().map_or(0, |s| s + 1));
         let dir = self.standby_dir(slot);
         if booted_by_it.is_none()
@@ -245,6 +272,7 @@ impl ProcessDriver {
         command: CommandId,
     ) -> anyhow::Result<()> {
         let template = &self.warm.as_ref().expect("a warm pool").template;
+        let fingerprint = template.fingerprint();
         let record = AgentRecord {
             id: STANDBY,
             request: template.request(),
@@ -256,6 +284,7 @@ impl ProcessDriver {
         std::fs::create_dir_all(dir.root())?;
         std::fs::write(dir.root().join(WARM_UP_FILE), command.0.to_string())?;
         std::fs::write(dir.root().join(CGROUP_NAME_FILE), standby_cgroup(slot))?;
+        std::fs::write(dir.root().join(TEMPLATE_FILE), fingerprint)?;
         let config = record.config_text();
         self.lay_out(dir, &record, Instance(slot), port, config, None)
     }
@@ -518,6 +547,7 @@ impl ProcessDriver {
             return;
         };
         let per_node = pool.per_node;
+        let fingerprint = pool.template.fingerprint();
         let followed: Vec<u32> = pool
             .standbys
             .lock()
@@ -530,7 +560,10 @@ impl ProcessDriver {
             if skipped.contains(&slot) || followed.contains(&slot) {
                 continue;
             }
-            if kept < per_node && supervisor_alive(&self.standby_dir(slot)) {
+            let dir = self.standby_dir(slot);
+            let same_template = std::fs::read_to_string(dir.root().join(TEMPLATE_FILE))
+                .is_ok_and(|t| t.trim() == fingerprint);
+            if kept < per_node && same_template && supervisor_alive(&dir) {
                 kept += 1;
                 self.follow_standby(slot, None);
             } else {
