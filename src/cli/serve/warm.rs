@@ -679,7 +679,10 @@ async fn follow(
                             *state = Standby::Ready;
                             Step::Ready
                         }
-                        Event::Exited { .. } | Event::ProbeFailed { .. } => {
+                        // A failed liveness probe alone is no restart: the process keeps
+                        // its healthy state (no `ready` follows), and a hang is escalated by
+                        // its supervisor, which ends the standby.
+                        Event::Exited { .. } => {
                             if *state == Standby::Ready {
                                 *state = Standby::Restarting;
                             }
