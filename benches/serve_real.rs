@@ -12,12 +12,14 @@
 //! 3. cold provisioning: `POST /v1/agents` → `ready`;
 //! 4. daemon memory per managed agent (VmRSS of `carapace serve` at 0 and at k agents), and
 //!    the VmRSS of one pod supervisor;
-//! 5. warm-pool provisioning: not measured, the process driver keeps no warm pool yet.
+//! 5. warm-pool provisioning: `POST /v1/agents` → `ready` on a daemon of its own keeping one
+//!    standby (`warm_pool_per_node = 1`), each create adopting a ready standby, for the test
+//!    agent and for an OpenClaw gateway.
 //!
 //! ```sh
 //! cargo build --release --bins
 //! cargo bench --bench serve_real                  # 100 kills and provisions, 5 OpenClaw rounds
-//! cargo bench --bench serve_real -- --quick       # 20 and 2
+//! cargo bench --bench serve_real -- --quick       # 20 and 2; warm pool 10 and 2
 //! cargo bench --bench serve_real -- --rounds 50 --openclaw-rounds 3 --openclaw-cold 2
 //! cargo bench --bench serve_real -- --no-openclaw
 //! ```
@@ -108,19 +110,23 @@ struct Options {
     rounds: usize,
     openclaw_rounds: usize,
     openclaw_cold: usize,
+    warm_rounds: usize,
+    openclaw_warm: usize,
     memory_at: Vec<usize>,
     openclaw: bool,
     out: PathBuf,
 }
 
 impl Options {
-    /// `--quick`, `--rounds N`, `--openclaw-rounds N`, `--openclaw-cold N`, `--no-openclaw`,
-    /// `--out FILE`; anything else (cargo passes `--bench`) is ignored.
+    /// `--quick`, `--rounds N`, `--openclaw-rounds N`, `--openclaw-cold N`, `--warm-rounds N`,
+    /// `--openclaw-warm N`, `--no-openclaw`, `--out FILE`; anything else (cargo passes `--bench`) is ignored.
     fn parse(args: &[String]) -> anyhow::Result<Options> {
         let mut options = Options {
             rounds: 100,
             openclaw_rounds: 5,
             openclaw_cold: 3,
+            warm_rounds: 50,
+            openclaw_warm: 3,
             memory_at: Vec::new(),
             openclaw: true,
             out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/serve_real.md"),
@@ -137,7 +143,11 @@ impl Options {
                     options.rounds = 20;
                     options.openclaw_rounds = 2;
                     options.openclaw_cold = 1;
+                    options.warm_rounds = 10;
+                    options.openclaw_warm = 2;
                 }
+                "--warm-rounds" => options.warm_rounds = number("--warm-rounds")?,
+                "--openclaw-warm" => options.openclaw_warm = number("--openclaw-warm")?,
                 "--rounds" => options.rounds = number("--rounds")?.max(1),
                 "--openclaw-rounds" => options.openclaw_rounds = number("--openclaw-rounds")?,
                 "--openclaw-cold" => options.openclaw_cold = number("--openclaw-cold")?.max(1),
@@ -219,6 +229,9 @@ fn run(options: &Options, parent: &str) -> anyhow::Result<()> {
         }
     }
 
+    drop(daemon);
+    warm_runs(&bins, &scratch, parent, &test, options, &mut report)?;
+
     let text = report.markdown(options);
     println!("\n{text}");
     if let Some(dir) = options.out.parent() {
@@ -234,7 +247,6 @@ fn run(options: &Options, parent: &str) -> anyhow::Result<()> {
         options.out.display(),
         options.out.with_extension("json").display()
     );
-    drop(daemon);
     Ok(())
 }
 
@@ -492,6 +504,148 @@ fn provision(daemon: &Daemon, body: &Value, step: Duration) -> anyhow::Result<Pr
             .unwrap_or(f64::NAN),
         post_ms,
     })
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. Warm-pool provisioning: a daemon keeping one standby, each create adopting it.
+
+fn warm_runs(
+    bins: &Binaries,
+    scratch: &Scratch,
+    parent: &str,
+    test: &TestAgentRuns,
+    options: &Options,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    if options.warm_rounds > 0 {
+        let (samples, refills) = warm_rounds(
+            bins,
+            &scratch.path().join("warm-test-agent"),
+            parent,
+            &WarmPlan {
+                api_port: API_PORT + 1,
+                template: warm_template(&test.body("template"), "/auth"),
+                body: &|name| with_token(test.body(name)),
+                rounds: options.warm_rounds,
+                step: TEST_AGENT_STEP,
+            },
+        )?;
+        report.test_warm = samples;
+        report.test_standby_boot = refills;
+    }
+    if options.openclaw_warm > 0 && report.openclaw_skipped.is_none() {
+        let openclaw = OpenClaw::find().map_err(anyhow::Error::msg)?;
+        let (samples, refills) = warm_rounds(
+            bins,
+            &scratch.path().join("warm-openclaw"),
+            parent,
+            &WarmPlan {
+                api_port: API_PORT + 2,
+                template: warm_template(&openclaw.body("template"), "/tools/invoke"),
+                body: &|name| openclaw.body(name),
+                rounds: options.openclaw_warm,
+                step: OPENCLAW_STEP,
+            },
+        )?;
+        report.openclaw_warm = samples;
+        report.openclaw_standby_boot = refills;
+    }
+    Ok(())
+}
+
+/// One warm daemon's rounds.
+struct WarmPlan<'a> {
+    api_port: u16,
+    template: Value,
+    body: &'a dyn Fn(&str) -> Value,
+    rounds: usize,
+    step: Duration,
+}
+
+/// An agent body as the warm pool's template: no name, and the path its adoption probe
+/// asks with the new token.
+fn warm_template(body: &Value, adopt_path: &str) -> Value {
+    let mut template = body.clone();
+    if let Some(object) = template.as_object_mut() {
+        object.remove("name");
+        object.remove("memory_request");
+        object.insert(
+            "adopt_probe".into(),
+            json!(format!("http://127.0.0.1:{{port}}{adopt_path}")),
+        );
+    }
+    template
+}
+
+/// The test agent's body with a per-instance token in its config: what its adoption checks.
+fn with_token(mut body: Value) -> Value {
+    body["config"]["token"] = json!("{token}");
+    body
+}
+
+/// Starts a daemon with a pool of one standby, creates a first agent (cold: the fleet's
+/// runtime is known from it), then `rounds` agents, each once a standby is ready. Returns
+/// the warm provisions and, after each adoption, the time until the pool was ready again.
+fn warm_rounds(
+    bins: &Binaries,
+    dir: &Path,
+    parent: &str,
+    plan: &WarmPlan<'_>,
+) -> anyhow::Result<(Vec<ProvisionSample>, Vec<f64>)> {
+    std::fs::create_dir_all(dir)?;
+    let template_file = dir.join("warm.json");
+    std::fs::write(&template_file, serde_json::to_vec_pretty(&plan.template)?)?;
+    let extra = format!(
+        "[policy.placement]\nwarm_pool_per_node = 1\n\n[warm_pool]\ntemplate_file = \"{}\"\n",
+        template_file.display()
+    );
+    let max_pods = u16::try_from(plan.rounds + 2)
+        .unwrap_or(u16::MAX)
+        .saturating_add(SPARE_PODS);
+    let daemon = Daemon::start_in(bins, dir, parent, max_pods, plan.api_port, &extra)?;
+    provision(&daemon, &(plan.body)("warm-seed"), plan.step).context("the first agent")?;
+    let mut samples = Vec::new();
+    let mut refills = Vec::new();
+    let mut adopted_at = None;
+    for i in 0..plan.rounds {
+        wait_standby(&daemon, plan.step)?;
+        if let Some(at) = adopted_at {
+            refills.push(ms(Instant::now() - at));
+        }
+        let name = format!("warm-{i:03}");
+        let sample = provision(&daemon, &(plan.body)(&name), plan.step)
+            .with_context(|| format!("provisioning {name} from the warm pool"))?;
+        adopted_at = Some(Instant::now());
+        println!(
+            "serve_real: {name} provisioned from the warm pool in {:.0} ms",
+            sample.wall_ms
+        );
+        samples.push(sample);
+    }
+    drop(daemon);
+    Ok((samples, refills))
+}
+
+/// Waits until the daemon's pool has a standby ready (`/metrics`).
+fn wait_standby(daemon: &Daemon, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let metrics = daemon.api.ok("GET", "/metrics", None)?;
+        let ready = metrics
+            .as_str()
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("carapace_warm_standbys_ready "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .context("no carapace_warm_standbys_ready in /metrics")?;
+        if ready > 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("no standby ready within {within:?}");
+        }
+        std::thread::sleep(VIEW_POLL);
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -935,22 +1089,36 @@ impl Daemon {
         parent: &str,
         max_pods: u16,
     ) -> anyhow::Result<Daemon> {
+        Daemon::start_in(bins, scratch.path(), parent, max_pods, API_PORT, "")
+    }
+
+    /// A daemon with its config and data in `dir`, its API on `api_port`, and `extra` TOML
+    /// after its policy.
+    fn start_in(
+        bins: &Binaries,
+        dir: &Path,
+        parent: &str,
+        max_pods: u16,
+        api_port: u16,
+        extra: &str,
+    ) -> anyhow::Result<Daemon> {
         let last = u32::from(PORT_BASE) + u32::from(PORT_STRIDE) * u32::from(max_pods);
         if last > 32_000 {
             bail!("{max_pods} pods need ports up to {last}: fewer --rounds");
         }
-        for port in [API_PORT, BARE_AGENT_PORT] {
+        for port in [api_port, BARE_AGENT_PORT] {
             std::net::TcpListener::bind(("127.0.0.1", port))
                 .with_context(|| format!("port {port} is taken"))?;
         }
-        let config = scratch.path().join("carapace.toml");
+        std::fs::create_dir_all(dir)?;
+        let config = dir.join("carapace.toml");
         std::fs::write(
             &config,
             format!(
                 "data_dir = \"data\"\n\
-                 [api]\nlisten = \"127.0.0.1:{API_PORT}\"\n\
+                 [api]\nlisten = \"127.0.0.1:{api_port}\"\n\
                  [node]\ncgroup_parent = \"{parent}\"\n\
-                 [pods]\nport_base = {PORT_BASE}\nport_stride = {PORT_STRIDE}\nmax_pods = {max_pods}\n{PODS}\n{POLICY}\n"
+                 [pods]\nport_base = {PORT_BASE}\nport_stride = {PORT_STRIDE}\nmax_pods = {max_pods}\n{PODS}\n{POLICY}\n{extra}\n"
             ),
         )?;
         let mut child = Command::new(&bins.carapace)
@@ -976,7 +1144,7 @@ impl Daemon {
         });
         let mut daemon = Daemon {
             child: Some(child),
-            api: Api::new(format!("http://127.0.0.1:{API_PORT}"), String::new()),
+            api: Api::new(format!("http://127.0.0.1:{api_port}"), String::new()),
             parent: parent.to_owned(),
         };
         let deadline = Instant::now() + DAEMON_START;
@@ -988,7 +1156,7 @@ impl Daemon {
                 Err(_) => bail!("carapace serve did not listen within {DAEMON_START:?}"),
             }
         }
-        let token = std::fs::read_to_string(scratch.path().join("data/token"))?;
+        let token = std::fs::read_to_string(dir.join("data/token"))?;
         daemon.api = Api::new(daemon.api.url.clone(), token.trim().to_owned());
         Ok(daemon)
     }
@@ -1274,6 +1442,11 @@ struct Report {
     openclaw_bare_reap: Vec<f64>,
     openclaw_bare_validate: Vec<f64>,
     openclaw_gateway: Option<u64>,
+    test_warm: Vec<ProvisionSample>,
+    openclaw_warm: Vec<ProvisionSample>,
+    /// Each standby's warm-up (the engine's `warm up` decision → the pool's standby ready).
+    test_standby_boot: Vec<f64>,
+    openclaw_standby_boot: Vec<f64>,
 }
 
 /// Nearest-rank percentiles of a sample.
@@ -1543,10 +1716,39 @@ impl Report {
                 None,
             );
         }
-        let _ = writeln!(
-            t,
-            "| warm-pool provisioning | — | not measured | | | | < 2 s p99 | — |"
-        );
+        for (who, warm, refills) in [
+            ("test agent", &self.test_warm, &self.test_standby_boot),
+            ("OpenClaw", &self.openclaw_warm, &self.openclaw_standby_boot),
+        ] {
+            if warm.is_empty() {
+                continue;
+            }
+            let wall = Stats::of(warm.iter().map(|c| c.wall_ms));
+            row(
+                &format!("{who}: warm-pool provisioning, POST → `ready` seen (wall)"),
+                wall,
+                "< 2 s p99",
+                wall.map(|s| s.p99 < 2_000.0),
+            );
+            row(
+                &format!("{who}: warm-pool provisioning, engine clock"),
+                Stats::of(warm.iter().map(|c| c.engine_ms)),
+                "",
+                None,
+            );
+            row(
+                &format!("{who}: — adopted (`spawned`) → ready: the config reload and its probe"),
+                Stats::of(warm.iter().map(|c| c.pod_spawn_to_ready_ms)),
+                "",
+                None,
+            );
+            row(
+                &format!("{who}: — the pool ready again after an adoption (a standby's boot)"),
+                Stats::of(refills.iter().copied()),
+                "",
+                None,
+            );
+        }
 
         let _ = writeln!(
             t,
@@ -1619,7 +1821,9 @@ impl Report {
         }
         let _ = writeln!(
             t,
-            "Warm-pool provisioning is not measured: the process driver keeps no warm pool yet (`carapace serve` refuses `policy.placement.warm_pool_per_node` ≠ 0), so there is nothing to provision from."
+            "Warm-pool provisioning: a daemon of its own per runtime with `warm_pool_per_node = 1`; each create waits for a ready standby first; {} test-agent and {} OpenClaw adoptions.",
+            self.test_warm.len(),
+            self.openclaw_warm.len()
         );
         if let Some(why) = &self.openclaw_skipped {
             let _ = writeln!(t, "OpenClaw skipped: {why}.");
@@ -1685,6 +1889,10 @@ impl Report {
             "openclaw_bare_reap_ms": self.openclaw_bare_reap,
             "openclaw_bare_validate_ms": self.openclaw_bare_validate,
             "openclaw_gateway_kib": self.openclaw_gateway,
+            "test_warm": cold(&self.test_warm),
+            "test_standby_boot_ms": self.test_standby_boot,
+            "openclaw_warm": cold(&self.openclaw_warm),
+            "openclaw_standby_boot_ms": self.openclaw_standby_boot,
         })
     }
 }

@@ -41,6 +41,9 @@ mod serve;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 #[path = "cli/serve_openclaw.rs"]
 mod serve_openclaw;
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)]
+#[path = "cli/serve_warm.rs"]
+mod serve_warm;
 #[path = "cli/tune.rs"]
 mod tune;
 #[path = "cli/validate.rs"]

@@ -18,6 +18,15 @@ pub enum Probe {
     },
     /// `tcp://HOST:PORT`: healthy when a connection opens.
     Tcp { addr: SocketAddr },
+    /// `POST PATH` with `Authorization: Bearer TOKEN` and the body `{}`: passes when the
+    /// answer is neither 401 nor 403 nor a 5xx, i.e. the agent takes `token` as its credential
+    /// now. It tells that a config carrying a new token has taken effect in a running agent.
+    Authorized {
+        addr: SocketAddr,
+        host: String,
+        path: String,
+        token: Token,
+    },
     /// `cmd:PROGRAM ARG...`: healthy when it exits 0.
     Command { program: String, args: Vec<String> },
 }
@@ -58,6 +67,21 @@ impl FromStr for Probe {
 }
 
 impl Probe {
+    /// An [`Probe::Authorized`] probe of the `http://IP:PORT/PATH` in `url`.
+    pub fn authorized(url: &str, token: String) -> Result<Probe, String> {
+        match url.parse::<Probe>()? {
+            Probe::Http { addr, host, path } => Ok(Probe::Authorized {
+                addr,
+                host,
+                path,
+                token: Token(token),
+            }),
+            _ => Err(format!(
+                "`{url}`: an authorized probe is http://IP:PORT/PATH"
+            )),
+        }
+    }
+
     /// Runs the probe once; `Err` says why it failed.
     pub async fn check(&self, timeout: Duration) -> Result<(), String> {
         match tokio::time::timeout(timeout, self.attempt()).await {
@@ -99,6 +123,26 @@ impl Probe {
                     Err(format!("HTTP status `{status}`"))
                 }
             }
+            Probe::Authorized {
+                addr,
+                host,
+                path,
+                token,
+            } => {
+                let request = format!(
+                    "POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\n\
+                     Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}",
+                    token.0
+                );
+                let status = http_status(addr, &request).await?;
+                let refused = matches!(status.as_str(), "401" | "403") || status.starts_with('5');
+                if status.len() == 3 && !refused {
+                    Ok(())
+                } else {
+                    // The status only: the token is never part of a reason.
+                    Err(format!("HTTP status `{status}` with the new credential"))
+                }
+            }
             Probe::Tcp { addr } => TcpStream::connect(addr)
                 .await
                 .map(drop)
@@ -121,6 +165,41 @@ impl Probe {
             }
         }
     }
+}
+
+/// A credential a probe presents; never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
+}
+
+/// Sends one request and reads the status code of the answer.
+async fn http_status(addr: &SocketAddr, request: &str) -> Result<String, String> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let mut head = [0u8; 64];
+    let mut len = 0;
+    while len < 12 {
+        let n = stream
+            .read(&mut head[len..])
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+    }
+    let line = String::from_utf8_lossy(&head[..len]);
+    Ok(line.split_whitespace().nth(1).unwrap_or("").to_owned())
 }
 
 #[cfg(test)]
@@ -177,5 +256,46 @@ mod tests {
             .parse()
             .unwrap();
         assert!(refused.check(Duration::from_secs(5)).await.is_err());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_authorized_probe_passes_only_when_its_token_is_taken() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let mut requests = Vec::new();
+            for answer in ["401 Unauthorized", "503 Busy", "404 Not Found"] {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 512];
+                let n = socket.read(&mut buf).await.unwrap();
+                requests.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                let reply = format!("HTTP/1.1 {answer}\r\n\r\n");
+                socket.write_all(reply.as_bytes()).await.unwrap();
+            }
+            requests
+        });
+        let probe = Probe::authorized(&format!("http://{addr}/auth"), "s3cret".into()).unwrap();
+        assert!(
+            !format!("{probe:?}").contains("s3cret"),
+            "Debug hides the token"
+        );
+        let refused = probe.check(Duration::from_secs(5)).await.unwrap_err();
+        assert!(
+            refused.contains("401") && !refused.contains("s3cret"),
+            "{refused}"
+        );
+        assert!(
+            probe.check(Duration::from_secs(5)).await.is_err(),
+            "a 5xx is no proof"
+        );
+        assert_eq!(probe.check(Duration::from_secs(5)).await, Ok(()));
+        let requests = server.await.unwrap();
+        assert!(
+            requests[0].starts_with("POST /auth ")
+                && requests[0].contains("Authorization: Bearer s3cret\r\n"),
+            "{}",
+            requests[0]
+        );
+        assert!(Probe::authorized("tcp://127.0.0.1:1", "t".into()).is_err());
     }
 }

@@ -61,6 +61,15 @@ pub enum Control {
     Status {
         reply: oneshot::Sender<Status>,
     },
+    /// Hand the running agent (a warm pool's standby) to a new owner without restarting it:
+    /// move `staged` over the config file (the agent reloads it itself), emit `spawned` for
+    /// the process as it is, and count it ready once `probe` passes — a probe that only the
+    /// new config can pass, so ready means the new config has taken effect.
+    Adopt {
+        staged: Option<PathBuf>,
+        probe: Probe,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 /// What the supervisor is doing now.
@@ -180,6 +189,8 @@ pub async fn supervise(
         Err(StartFailure::ConfigRejected) => None,
     };
     let mut next_probe = clock.now();
+    // While a standby is being adopted: the probe that tells the new config took effect.
+    let mut adopting: Option<Probe> = None;
     let mut next_memory = clock.now() + millis(config.memory_interval);
     let mut last_rss = 0u64;
     loop {
@@ -211,9 +222,21 @@ pub async fn supervise(
                             healthy: running.as_ref().is_some_and(|r| r.healthy),
                         });
                     }
+                    Control::Adopt { staged, probe, reply } => {
+                        let adopted = adopt(&config, &clock, running.as_mut(), staged, &mut emit);
+                        if adopted.is_ok() {
+                            // The config the validator passed is no longer the file's.
+                            validated = None;
+                            adopting = Some(probe);
+                            next_probe = clock.now();
+                        }
+                        let _ = reply.send(adopted);
+                    }
                 }
             }
             status = wait(&mut running) => {
+                // A restart is a fresh boot on the file's config: the usual probe again.
+                adopting = None;
                 let code = status.map(exit_code).unwrap_or(-1);
                 let pid = running.take().map_or(0, |r| r.process.pid());
                 let now = clock.now();
@@ -227,7 +250,11 @@ pub async fn supervise(
                 let interval = if running.as_ref().is_some_and(|r| r.healthy) { config.probe_interval } else { config.startup_probe_interval };
                 next_probe = clock.now() + millis(interval);
                 if let Some(r) = running.as_mut() {
-                    let result = config.probe.check(config.probe_timeout).await;
+                    let probe = adopting.as_ref().unwrap_or(&config.probe);
+                    let result = probe.check(config.probe_timeout).await;
+                    if adopting.is_some() && result.is_ok() {
+                        adopting = None;
+                    }
                     observe_probe(&mut supervisor, &clock, r, result, &mut emit)?;
                 }
             }
@@ -274,6 +301,34 @@ pub async fn supervise(
             }
         }
     }
+}
+
+/// Puts the staged config in place under the running agent and reports the process as
+/// spawned anew, unready until the adoption probe passes.
+fn adopt(
+    config: &SuperviseConfig,
+    clock: &Clock,
+    running: Option<&mut Running>,
+    staged: Option<PathBuf>,
+    emit: &mut impl FnMut(Event),
+) -> Result<(), String> {
+    let running = running
+        .filter(|r| r.healthy)
+        .ok_or("the agent is not running and ready: nothing to adopt")?;
+    if let (Some(staged), Some(file)) = (staged, &config.config_file) {
+        // A rename: the agent's watcher sees one complete file, never a half-written one.
+        std::fs::rename(&staged, file)
+            .map_err(|e| format!("cannot put the config in place: {e}"))?;
+    }
+    let now = clock.now();
+    running.healthy = false;
+    running.spawned_at = now;
+    emit(Event::Spawned {
+        at_ms: now.0,
+        pid: running.process.pid(),
+        attempt: 0,
+    });
+    Ok(())
 }
 
 fn exited(code: i32) -> SupervisorInput {

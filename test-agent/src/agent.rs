@@ -11,17 +11,25 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 pub struct Agent {
     session: Mutex<Session>,
     ballast: Mutex<Ballast>,
-    greeting: Option<String>,
+    /// What the config file says now: reloaded while the agent runs.
+    live: Mutex<Live>,
     ready: AtomicBool,
     hung: AtomicBool,
 }
 
+/// The settings a running agent takes from a changed config file without a restart.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Live {
+    pub greeting: Option<String>,
+    pub token: Option<String>,
+}
+
 impl Agent {
-    pub fn new(session: Session, greeting: Option<String>) -> Agent {
+    pub fn new(session: Session, live: Live) -> Agent {
         Agent {
             session: Mutex::new(session),
             ballast: Mutex::new(Ballast::default()),
-            greeting,
+            live: Mutex::new(live),
             ready: AtomicBool::new(false),
             hung: AtomicBool::new(false),
         }
@@ -30,6 +38,11 @@ impl Agent {
     /// Boot is over: `/readyz` answers 200 from now on.
     pub fn mark_ready(&self) {
         self.ready.store(true, Ordering::SeqCst);
+    }
+
+    /// A changed config file took effect.
+    pub fn reload(&self, live: Live) {
+        *lock(&self.live) = live;
     }
 
     /// Whether `/hang` was called: the server must stop answering.
@@ -42,6 +55,7 @@ impl Agent {
             ("GET", "/healthz") => ok(json!({ "ok": true })),
             ("GET", "/readyz") => self.readiness(),
             ("GET", "/state") => ok(self.state(&lock(&self.session))),
+            ("GET" | "POST", "/auth") => self.auth(request),
             ("POST", "/turn") => self.turn(),
             ("POST", "/spike") => self.spike(request),
             ("POST", "/release") => self.release(),
@@ -61,10 +75,23 @@ impl Agent {
 
     fn state(&self, session: &Session) -> Value {
         let mut state = json!({ "turns": session.turns(), "pid": std::process::id() });
-        if let Some(greeting) = &self.greeting {
+        if let Some(greeting) = &lock(&self.live).greeting {
             state["greeting"] = json!(greeting);
         }
         state
+    }
+
+    /// 200 when the request carries the config's current token as a bearer credential.
+    fn auth(&self, request: &Request) -> Response {
+        let live = lock(&self.live);
+        let presented = request
+            .authorization
+            .as_deref()
+            .and_then(|value| value.strip_prefix("Bearer "));
+        match (&live.token, presented) {
+            (Some(token), Some(presented)) if token == presented => ok(json!({ "ok": true })),
+            _ => Response::error(401, "unauthorized"),
+        }
     }
 
     /// One turn of conversation: the session's counter moves and is saved before the reply.

@@ -22,6 +22,10 @@ pub struct Config {
     /// Shown by `GET /state`, so a test can tell which version of a config is live.
     #[serde(default)]
     pub greeting: Option<String>,
+    /// The credential `GET /auth` accepts (`Authorization: Bearer TOKEN`). Like `greeting`, it
+    /// is reloaded while the agent runs when the file changes (a gateway's hot reload).
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 fn default_boot_ms() -> u64 {
@@ -136,10 +140,11 @@ type Fits = fn(&Value) -> bool;
 
 /// [`Config`]'s fields with their types, to find the one at fault: serde names the type it
 /// expected but not the key. Keep in step with the struct.
-const FIELDS: [(&str, Fits); 3] = [
+const FIELDS: [(&str, Fits); 4] = [
     ("port", fits::<u16>),
     ("boot_ms", fits::<u64>),
     ("greeting", fits::<Option<String>>),
+    ("token", fits::<Option<String>>),
 ];
 
 /// The key holding a value of the wrong type or out of range: the first one written, as that

@@ -12,6 +12,8 @@ pub struct Request {
     pub method: String,
     pub path: String,
     query: Vec<(String, String)>,
+    /// The value of the `Authorization` header, if sent.
+    pub authorization: Option<String>,
 }
 
 impl Request {
@@ -60,7 +62,7 @@ pub fn read_request(stream: impl Read) -> Result<Request, String> {
     if !version.starts_with("HTTP/1.") {
         return Err(format!("unsupported protocol {version:?}"));
     }
-    let body_length = read_headers(&mut reader)?;
+    let (body_length, authorization) = read_headers(&mut reader)?;
     let read = io::copy(&mut (&mut reader).take(body_length), &mut io::sink())
         .map_err(|e| format!("cannot read the body: {e}"))?;
     if read < body_length {
@@ -71,16 +73,19 @@ pub fn read_request(stream: impl Read) -> Result<Request, String> {
         method: method.to_owned(),
         path: path.to_owned(),
         query: parse_query(query),
+        authorization,
     })
 }
 
-/// Reads headers up to the blank line and returns the body's length.
-fn read_headers(reader: &mut impl BufRead) -> Result<u64, String> {
+/// Reads headers up to the blank line and returns the body's length and the
+/// `Authorization` header.
+fn read_headers(reader: &mut impl BufRead) -> Result<(u64, Option<String>), String> {
     let mut body_length = 0;
+    let mut authorization = None;
     loop {
         let header = read_line(reader)?;
         if header.is_empty() {
-            return Ok(body_length);
+            return Ok((body_length, authorization));
         }
         let (name, value) = header
             .split_once(':')
@@ -90,6 +95,8 @@ fn read_headers(reader: &mut impl BufRead) -> Result<u64, String> {
                 .trim()
                 .parse()
                 .map_err(|_| format!("bad Content-Length {:?}", value.trim()))?;
+        } else if name.eq_ignore_ascii_case("authorization") {
+            authorization = Some(value.trim().to_owned());
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             // No endpoint takes a body, so chunked decoding is not worth having.
             return Err("Transfer-Encoding is not supported".to_owned());
@@ -138,6 +145,7 @@ fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         500 => "Internal Server Error",
         503 => "Service Unavailable",

@@ -12,7 +12,9 @@
 //! ```
 //!
 //! HTTP on 127.0.0.1:P, JSON replies: `GET /healthz`, `GET /readyz`, `GET /state`,
-//! `POST /turn`, `POST /spike?bytes=N`, `POST /release`, `POST /crash?code=N`, `POST /hang`.
+//! `POST /turn`, `POST /spike?bytes=N`, `POST /release`, `POST /crash?code=N`, `POST /hang`,
+//! and `GET`/`POST /auth` (200 with `Authorization: Bearer TOKEN` of the config's `token`, else
+//! 401). `greeting` and `token` are reloaded from the config file while the agent runs.
 //!
 //! Exit codes: 0 on SIGTERM or SIGINT (and for a valid `--validate`); 1 for a failure at
 //! start (unreadable session, port in use), a poisoned state, or an invalid `--validate`;
@@ -30,7 +32,7 @@ mod memory;
 mod server;
 mod session;
 
-use agent::Agent;
+use agent::{Agent, Live};
 use cli::{Command, RunArgs};
 use nix::sys::signal::{SigSet, Signal};
 use std::convert::Infallible;
@@ -133,8 +135,16 @@ fn run(args: RunArgs, started: Instant) -> Result<Infallible, Failure> {
         .map_err(|e| Failure::new(EXIT_FAILURE, format!("cannot read the bound address: {e}")))?;
     say(&format!("listening on {address}"));
 
-    let agent = Arc::new(Agent::new(session, config.and_then(|c| c.greeting)));
+    let live = config.map_or_else(Live::default, |c| Live {
+        greeting: c.greeting,
+        token: c.token,
+    });
+    let agent = Arc::new(Agent::new(session, live));
     start_thread("signals", move || wait_for_termination(&signals))?;
+    if let Some(file) = args.config.clone() {
+        let agent = Arc::clone(&agent);
+        start_thread("reload", move || watch_config(&agent, &file))?;
+    }
     if poisoned {
         let state = args.state.clone();
         start_thread("resume", move || crash_on_resume(&state, started))?;
@@ -168,6 +178,32 @@ fn wait_for_termination(signals: &SigSet) {
         }
     }
 }
+
+/// A gateway's hot reload: the config file is read again whenever its content changes; a
+/// valid one replaces the live settings (`greeting`, `token`), an invalid one is ignored and
+/// the old settings stay, as OpenClaw keeps its old config on an invalid edit. A changed port
+/// needs a restart.
+fn watch_config(agent: &Agent, file: &Path) -> ! {
+    let mut last = std::fs::read(file).ok();
+    loop {
+        thread::sleep(RELOAD_POLL);
+        let now = std::fs::read(file).ok();
+        if now == last {
+            continue;
+        }
+        if let Some(config) = now.as_deref().and_then(|bytes| config::parse(bytes).ok()) {
+            agent.reload(Live {
+                greeting: config.greeting,
+                token: config.token,
+            });
+            say("config reloaded");
+        }
+        last = now;
+    }
+}
+
+/// How often the config file is looked at for a change.
+const RELOAD_POLL: Duration = Duration::from_millis(20);
 
 /// The boot time stands for a gateway loading its plugins and channels: until it has passed
 /// the agent is live (`/healthz`) but not ready (`/readyz`).

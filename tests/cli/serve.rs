@@ -131,7 +131,7 @@ impl Served {
     }
 
     /// Starts (or restarts) the daemon and waits until its API answers.
-    fn launch(&mut self) {
+    pub(crate) fn launch(&mut self) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_carapace"))
             .arg("serve")
             .arg("--config")
@@ -394,7 +394,7 @@ impl Served {
     }
 
     /// Agent processes (not supervisors) running for this daemon.
-    fn agent_processes(&self) -> Vec<u32> {
+    pub(crate) fn agent_processes(&self) -> Vec<u32> {
         self.pod_processes()
             .into_iter()
             .filter(|pid| {
@@ -519,7 +519,7 @@ fn call_port(port: u16, method: &str, path: &str) -> Value {
 }
 
 /// The test agent binary, built beside `carapace` by the workspace build.
-fn test_agent() -> PathBuf {
+pub(crate) fn test_agent() -> PathBuf {
     let bin = Path::new(env!("CARGO_BIN_EXE_carapace")).with_file_name("carapace-test-agent");
     assert!(
         bin.exists(),

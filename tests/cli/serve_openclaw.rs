@@ -370,3 +370,167 @@ fn serve_llm(stream: TcpStream, counter: &std::sync::atomic::AtomicU32) {
         }
     }
 }
+
+/// A warm pool of one real OpenClaw gateway: the standby boots on a config without the LLM
+/// provider; a new agent adopts it — its config, with its own token, the mock provider and
+/// the default model, is hot-applied by the running gateway — and completes a real agent turn
+/// without the gateway ever restarting. The pool refills, and a daemon killed with SIGKILL
+/// comes back to the same agents and the same standby.
+#[test]
+fn an_openclaw_standby_is_adopted_by_hot_reload_and_survives_a_daemon_kill() {
+    let (openclaw, node_bin) = crate::supervise::openclaw();
+    let scratch = Scratch::new("serve-openclaw-warm");
+    let mock = MockLlm::start();
+    let api_port = 47_000 + (std::process::id() % 20) as u16 * 10 + 5;
+    // A range of its own (4 pods of 120 ports per process), apart from the test above: a
+    // gateway of one test still dying cannot hold a port the other is given.
+    let base = 54_000 + (std::process::id() % 10) as u16 * 480;
+    let pods = format!("port_base = {base}\nport_stride = 120\nmax_pods = 4\n{PODS}");
+    let body = |name: &str| gateway(name, &openclaw, &node_bin, mock.port);
+    let mut template = body("template");
+    let object = template.as_object_mut().expect("an object");
+    for key in ["name", "memory_request"] {
+        object.remove(key);
+    }
+    object.insert(
+        "adopt_probe".into(),
+        json!("http://127.0.0.1:{port}/tools/invoke"),
+    );
+    let config = object["config"].as_object_mut().expect("a config");
+    config["models"]
+        .as_object_mut()
+        .expect("models")
+        .remove("providers");
+    config["agents"]["defaults"]
+        .as_object_mut()
+        .expect("agent defaults")
+        .remove("model");
+    let template_file = scratch.file("warm.json", &template.to_string());
+    let policy = format!(
+        "{POLICY}\n[policy.placement]\nwarm_pool_per_node = 1\n\n[warm_pool]\ntemplate_file = \"{}\"\n",
+        template_file.display()
+    );
+    let mut served = Served::start_with(&scratch, api_port, &pods, &policy);
+
+    let began = Instant::now();
+    served.api("POST", "/v1/agents", Some(&body("claw-1")));
+    served.wait_agent("claw-1", BOOT, "running", |v| v["status"] == "running");
+    let cold = began.elapsed();
+    wait_standbys(&served, 1, BOOT);
+    let standby = standby_gateway(&served);
+
+    let began = Instant::now();
+    served.api("POST", "/v1/agents", Some(&body("claw-2")));
+    let view = served.wait_agent("claw-2", BOOT, "running", |v| v["status"] == "running");
+    let warm = began.elapsed();
+    eprintln!("OpenClaw provisioning: cold {cold:?}, warm {warm:?}");
+    assert!(
+        warm < cold / 2,
+        "adopted, not booted: warm {warm:?}, cold {cold:?}"
+    );
+    assert_eq!(
+        gateway_pid(&served, &view),
+        standby,
+        "the standby's gateway process itself"
+    );
+    let pod = served.pod_dir(&view);
+    let text = std::fs::read_to_string(pod.join("config.json")).expect("the config");
+    let adopted: Value = serde_json::from_str(&text).expect("json");
+    let token = adopted["gateway"]["auth"]["token"]
+        .as_str()
+        .expect("a token");
+    let port = served.port_of("claw-2");
+    assert_ne!(invoke_status(port, token), 401, "the agent's token is live");
+    assert_eq!(invoke_status(port, "not-the-token"), 401);
+    // The provider and model were not in the standby's config: a turn needs them live.
+    agent_turn(&served, "claw-2", &openclaw, &node_bin);
+    assert!(mock.requests() >= 1, "the turn reached the mock LLM");
+    assert_eq!(
+        gateway_pid(&served, &served.agent("claw-2")),
+        standby,
+        "never restarted"
+    );
+
+    wait_standbys(&served, 1, BOOT);
+    let refill = standby_gateway(&served);
+    assert_eq!(gateways(&served).len(), 3, "two agents and one standby");
+
+    served.kill_daemon();
+    served.launch();
+    for name in ["claw-1", "claw-2"] {
+        served.wait_agent(name, BOOT, "running", |v| {
+            v["status"] == "running" && v["instance"] == 1
+        });
+    }
+    wait_standbys(&served, 1, BOOT);
+    assert_eq!(standby_gateway(&served), refill, "the same standby");
+    assert_eq!(gateways(&served).len(), 3, "no gateway lost or duplicated");
+    assert_eq!(served.api("GET", "/v1/alerts", None)["alerts"], json!([]));
+}
+
+fn wait_standbys(served: &Served, n: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let metrics = served.request("GET", "/metrics", None, None).1;
+        let ready = metrics.as_str().and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("carapace_warm_standbys_ready "))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        });
+        if ready == Some(n) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not {n} standby ready within {within:?}: {ready:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The gateway of the one standby not adopted yet.
+fn standby_gateway(served: &Served) -> u32 {
+    let adopted: Vec<PathBuf> = std::fs::read_dir(served.data_dir().join("pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|agent| std::fs::read_dir(agent.path()).ok())
+        .flatten()
+        .flatten()
+        .filter_map(|pod| std::fs::read_link(pod.path()).ok())
+        .collect();
+    let standbys: Vec<u32> = std::fs::read_dir(served.data_dir().join("pods/warm"))
+        .expect("standbys")
+        .flatten()
+        .filter(|slot| !adopted.contains(&slot.path()))
+        .filter_map(|slot| {
+            let events = std::fs::read_to_string(slot.path().join("events.jsonl")).ok()?;
+            events
+                .lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .filter(|e| e["event"]["event"] == "spawned")
+                .filter_map(|e| e["event"]["pid"].as_u64())
+                .next_back()
+                .map(|pid| pid as u32)
+        })
+        .collect();
+    assert_eq!(standbys.len(), 1, "one standby: {standbys:?}");
+    standbys[0]
+}
+
+/// `POST /tools/invoke` of a tool that does not exist, with a bearer token: the status
+/// (401 for a token the gateway does not take, 404 for one it does).
+fn invoke_status(port: u16, token: &str) -> u16 {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    agent
+        .post(&format!("http://127.0.0.1:{port}/tools/invoke"))
+        .header("Authorization", &format!("Bearer {token}"))
+        .send_json(json!({"tool": "no-such-tool", "args": {}}))
+        .expect("POST /tools/invoke")
+        .status()
+        .as_u16()
+}

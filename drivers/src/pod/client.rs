@@ -66,6 +66,18 @@ impl PodClient {
         }
     }
 
+    /// Adopts the running agent for a new owner (see [`PodRequest::Adopt`]); the seq after
+    /// which the new owner's events begin.
+    pub async fn adopt(&self, probe: String, token: String) -> Result<u64, PodClientError> {
+        match self
+            .request(&PodRequest::Adopt { probe, token }, Duration::from_secs(10))
+            .await?
+        {
+            PodReply::Adopted { after } => Ok(after),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
     /// The supervisor's pid, the agent's pid, whether it is healthy, its last event's seq.
     pub async fn status(&self) -> Result<PodReply, PodClientError> {
         match self

@@ -104,6 +104,11 @@ impl PodDir {
         self.root.join("state")
     }
 
+    /// A new owner's config, staged beside the live one until an `adopt` moves it in place.
+    pub fn adopted_config(&self) -> PathBuf {
+        self.root.join("config.adopt.json")
+    }
+
     /// The supervisor's pid, written once it runs.
     pub fn pid(&self) -> PathBuf {
         self.root.join("supervise.pid")
@@ -137,6 +142,14 @@ pub enum PodRequest {
         version: u32,
     },
     Status,
+    /// Adopt the running agent (a warm pool's standby) for a new owner: the config staged at
+    /// `config.adopt.json` replaces the config file, and the agent counts as ready again once
+    /// `probe` (an `http://` URL, sent `POST` with `Authorization: Bearer {token}`) is
+    /// answered with neither 401, 403 nor a 5xx.
+    Adopt {
+        probe: String,
+        token: String,
+    },
 }
 
 /// A reply on the supervisor's socket: one JSON line.
@@ -150,6 +163,10 @@ pub enum PodReply {
     Snapshotted {
         files: u32,
         bytes: u64,
+    },
+    /// The new owner's events begin after `after`.
+    Adopted {
+        after: u64,
     },
     Status {
         supervisor_pid: u32,

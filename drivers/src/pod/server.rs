@@ -52,13 +52,22 @@ pub async fn run_pod(
         // Joined before the agent exists, so everything the agent spawns inherits the limit.
         std::fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string()).map_err(io)?;
     }
-    std::fs::write(dir.pid(), std::process::id().to_string()).map_err(io)?;
+    // Written whole and renamed into place: a reader never sees an empty pid file, which it
+    // would take for a supervisor that died.
+    let pid_tmp = dir.root().join("supervise.pid.tmp");
+    std::fs::write(&pid_tmp, std::process::id().to_string()).map_err(io)?;
+    std::fs::rename(&pid_tmp, dir.pid()).map_err(io)?;
     std::fs::create_dir_all(dir.state()).map_err(io)?;
     let log = Arc::new(Mutex::new(EventLog::open(&dir).map_err(io)?));
     let _ = std::fs::remove_file(dir.socket());
     let listener = UnixListener::bind(dir.socket()).map_err(io)?;
     let (control, requests) = mpsc::channel(16);
-    let accept = tokio::spawn(serve_socket(listener, log.clone(), control.clone()));
+    let accept = tokio::spawn(serve_socket(
+        listener,
+        dir.clone(),
+        log.clone(),
+        control.clone(),
+    ));
     let config = supervise_config(&spec, &dir)?;
     let emit = {
         let log = log.clone();
@@ -119,6 +128,9 @@ async fn linger(
                 }
                 Some(Control::Status { reply }) => {
                     let _ = reply.send(crate::supervise::Status { agent_pid: None, healthy: false });
+                }
+                Some(Control::Adopt { reply, .. }) => {
+                    let _ = reply.send(Err("the agent is stopped after an escalation".into()));
                 }
             }
         }
@@ -272,6 +284,7 @@ impl EventLog {
 
 async fn serve_socket(
     listener: UnixListener,
+    dir: PodDir,
     log: Arc<Mutex<EventLog>>,
     control: mpsc::Sender<Control>,
 ) {
@@ -279,12 +292,18 @@ async fn serve_socket(
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        tokio::spawn(serve_connection(stream, log.clone(), control.clone()));
+        tokio::spawn(serve_connection(
+            stream,
+            dir.clone(),
+            log.clone(),
+            control.clone(),
+        ));
     }
 }
 
 async fn serve_connection(
     stream: UnixStream,
+    dir: PodDir,
     log: Arc<Mutex<EventLog>>,
     control: mpsc::Sender<Control>,
 ) {
@@ -333,6 +352,33 @@ async fn serve_connection(
                     Ok(Ok((files, bytes))) => PodReply::Snapshotted { files, bytes },
                     Ok(Err(message)) => PodReply::Error { message },
                     Err(_) => error("the supervisor ended before the snapshot"),
+                }
+            }
+            PodRequest::Adopt { probe, token } => {
+                match Probe::authorized(&probe, token) {
+                    Err(message) => PodReply::Error { message },
+                    Ok(probe) => {
+                        let staged = dir.adopted_config();
+                        let staged = staged.exists().then_some(staged);
+                        let (reply, answer) = oneshot::channel();
+                        // Events up to here are the standby's; the new owner reads from here.
+                        let after = log.lock().expect("event log lock").last_seq;
+                        ask(
+                            &log,
+                            &control,
+                            Control::Adopt {
+                                staged,
+                                probe,
+                                reply,
+                            },
+                        )
+                        .await;
+                        match answer.await {
+                            Ok(Ok(())) => PodReply::Adopted { after },
+                            Ok(Err(message)) => PodReply::Error { message },
+                            Err(_) => error("the supervisor is ending"),
+                        }
+                    }
                 }
             }
             PodRequest::Status => {

@@ -216,6 +216,15 @@ impl Rendered {
         }
     }
 
+    /// This pod's `{token}`.
+    pub fn token(&self) -> &str {
+        self.values
+            .iter()
+            .find(|(key, _)| *key == "{token}")
+            .map(|(_, token)| token.as_str())
+            .expect("a token is always rendered")
+    }
+
     pub fn text(&self, template: &str) -> String {
         let mut text = template.to_owned();
         for (key, value) in &self.values {

@@ -21,6 +21,19 @@ pub struct ServeConfig {
     pub pods: PodsConfig,
     #[serde(default = "default_policy")]
     pub policy: EngineConfig,
+    /// What a blank instance of the warm pool runs (`policy.placement.warm_pool_per_node`).
+    #[serde(default)]
+    pub warm_pool: Option<WarmPoolConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmPoolConfig {
+    /// A JSON file holding the [`WarmTemplate`]. Relative to this file.
+    pub template_file: PathBuf,
+    /// Read from `template_file` by [`parse`].
+    #[serde(skip)]
+    pub template: Option<super::warm::WarmTemplate>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -112,7 +125,7 @@ impl Default for PodsConfig {
     }
 }
 
-/// The engine's defaults, less what the process driver cannot do yet: warm pools.
+/// The engine's defaults, less the warm pool, which needs a template to boot: opt-in.
 fn default_policy() -> EngineConfig {
     let mut policy = EngineConfig::default();
     policy.placement.warm_pool_per_node = 0;
@@ -128,9 +141,10 @@ pub fn load(path: &Path) -> Result<ServeConfig, String> {
 /// Parses and checks config text; `path` names it in errors and anchors relative paths.
 pub fn parse(text: &str, path: &Path) -> Result<ServeConfig, String> {
     let mut config: ServeConfig = deserialize_toml(text, path)?;
-    if config.policy.placement.warm_pool_per_node != 0 {
+    if config.policy.placement.warm_pool_per_node != 0 && config.warm_pool.is_none() {
         return Err(format!(
-            "{}: field `policy.placement.warm_pool_per_node`: the process driver keeps no warm pool yet; set it to 0",
+            "{}: field `policy.placement.warm_pool_per_node`: a warm pool needs a [warm_pool] \
+             template_file saying what its standby pods run",
             path.display()
         ));
     }
@@ -177,6 +191,27 @@ pub fn parse(text: &str, path: &Path) -> Result<ServeConfig, String> {
     };
     if config.data_dir.is_relative() {
         config.data_dir = base.join(&config.data_dir);
+    }
+    if let Some(warm) = &mut config.warm_pool {
+        if warm.template_file.is_relative() {
+            warm.template_file = base.join(&warm.template_file);
+        }
+        let file = &warm.template_file;
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            format!(
+                "{}: field `warm_pool.template_file`: {}: {e}",
+                path.display(),
+                file.display()
+            )
+        })?;
+        let template = super::warm::WarmTemplate::parse(&text).map_err(|e| {
+            format!(
+                "{}: field `warm_pool.template_file`: {}: {e}",
+                path.display(),
+                file.display()
+            )
+        })?;
+        warm.template = Some(template);
     }
     for file in [
         &mut config.api.token_file,

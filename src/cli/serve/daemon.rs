@@ -315,6 +315,7 @@ impl Daemon {
                 instance,
                 version,
                 snapshot,
+                warm,
                 ..
             } => {
                 let Some(record) = self.agents.get(&agent).cloned() else {
@@ -323,6 +324,17 @@ impl Daemon {
                 };
                 let config = self.configs.get(&(agent, version.config)).cloned();
                 let secrets = self.opened_secrets(agent);
+                if warm {
+                    // Secrets go into the environment and a snapshot into the state
+                    // directory, neither of which a running standby can take.
+                    let fits = secrets.is_empty() && snapshot.is_none();
+                    let taken =
+                        self.driver
+                            .take_standby(id, &record, instance, config.as_deref(), fits);
+                    if let super::warm::Taken::Adopting = taken {
+                        return;
+                    }
+                }
                 self.driver
                     .start(id, &record, instance, config, snapshot, secrets);
             }
@@ -346,7 +358,7 @@ impl Daemon {
                 memory_bytes_high,
                 ..
             } => self.driver.throttle(agent, instance, memory_bytes_high),
-            Command::WarmUp { id, .. } => self.driver_finished(id, Outcome::Failed),
+            Command::WarmUp { id, .. } => self.driver.warm_up(id),
             Command::Alert(post_mortem) => {
                 tracing::error!(agent = %post_mortem.agent, cause = ?post_mortem.cause, "critical alert: the agent is parked");
             }
@@ -356,6 +368,29 @@ impl Daemon {
             Command::Reject { reason } => tracing::warn!(%reason, "the engine refused an input"),
             other => tracing::warn!(command = ?other, "a command this driver does not know"),
         }
+    }
+
+    /// A standby could not be adopted: the start it served goes on as a cold one.
+    pub(super) fn start_cold(&mut self, command: CommandId) {
+        let Some(Command::Start {
+            id,
+            agent,
+            instance,
+            version,
+            snapshot,
+            ..
+        }) = self.in_flight.get(&command).cloned()
+        else {
+            return;
+        };
+        let Some(record) = self.agents.get(&agent).cloned() else {
+            self.driver_finished(id, Outcome::Failed);
+            return;
+        };
+        let config = self.configs.get(&(agent, version.config)).cloned();
+        let secrets = self.opened_secrets(agent);
+        self.driver
+            .start(id, &record, instance, config, snapshot, secrets);
     }
 
     /// An agent's secrets, opened to hand to its pod. One that does not open (another key)

@@ -30,6 +30,20 @@ pub enum Report {
         command: CommandId,
         outcome: Outcome,
     },
+    /// A standby took the agent's config: its events from `after` on are the agent's.
+    Adopted {
+        agent: AgentId,
+        instance: Instance,
+        after: u64,
+    },
+    /// A warm-up to carry out now (see `boot_standby`).
+    WarmUpDue { command: CommandId },
+    /// A standby could not be adopted (undone): the start goes on cold.
+    AdoptionFailed {
+        command: CommandId,
+        agent: AgentId,
+        instance: Instance,
+    },
 }
 
 /// Pod-level settings the driver applies to every pod.
@@ -51,11 +65,12 @@ pub struct PodSettings {
 pub struct ProcessDriver {
     data: PathBuf,
     supervise_exe: PathBuf,
-    cgroups: Result<MemoryCgroups, String>,
+    pub(super) cgroups: Result<MemoryCgroups, String>,
     settings: PodSettings,
-    reports: mpsc::Sender<Report>,
-    /// Port slot of each live pod.
-    ports: BTreeMap<(AgentId, Instance), u16>,
+    pub(super) reports: mpsc::Sender<Report>,
+    /// Port slot of each live pod (standbys under [`super::warm::STANDBY`]).
+    pub(super) ports: BTreeMap<(AgentId, Instance), u16>,
+    pub(super) warm: Option<super::warm::WarmPool>,
     /// Pods being stopped on purpose: their supervisors' ends are not losses.
     stopping: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<(AgentId, Instance)>>>,
 }
@@ -77,8 +92,15 @@ impl ProcessDriver {
             settings,
             reports,
             ports: BTreeMap::new(),
+            warm: None,
             stopping: Default::default(),
         })
+    }
+
+    /// Keeps `per_node` standby pods of `template` for the engine's warm pool.
+    pub fn with_warm_pool(mut self, template: super::warm::WarmTemplate, per_node: u16) -> Self {
+        self.warm = Some(super::warm::WarmPool::new(template, per_node));
+        self
     }
 
     pub fn enforcement(&self) -> Enforcement {
@@ -164,7 +186,7 @@ impl ProcessDriver {
         self.watch(record.id, instance, 0);
     }
 
-    fn lay_out(
+    pub(super) fn lay_out(
         &self,
         dir: &PodDir,
         record: &AgentRecord,
@@ -187,9 +209,11 @@ impl ProcessDriver {
         if let Some(text) = config_text {
             std::fs::write(dir.config(), rendered.config(&text))?;
         }
+        let cgroup_name = super::warm::standby_cgroup_of(dir)
+            .unwrap_or_else(|| pod_cgroup_name(record.id, instance));
         let cgroup = match &self.cgroups {
             Ok(cgroups) => {
-                let cgroup = cgroups.create(&pod_cgroup_name(record.id, instance))?;
+                let cgroup = cgroups.create(&cgroup_name)?;
                 cgroup.set_limit(record.spec().memory_bytes_limit)?;
                 Some(cgroup.path().to_owned())
             }
@@ -230,7 +254,7 @@ impl ProcessDriver {
 
     /// Starts the pod's supervisor detached from the daemon (its own session), so the pod
     /// outlives a daemon that is killed.
-    fn launch(&self, dir: &PodDir) -> anyhow::Result<()> {
+    pub(super) fn launch(&self, dir: &PodDir) -> anyhow::Result<()> {
         if supervisor_alive(dir) {
             return Ok(());
         }
@@ -311,7 +335,8 @@ impl ProcessDriver {
                     }
                     // A supervisor that recorded its pid and is gone is lost now; one that
                     // has not written it yet may still be starting.
-                    let started = client.dir().pid().exists();
+                    // Written but maybe not yet filled in: only a pid that reads counts.
+                    let started = supervisor_pid(client.dir()).is_some();
                     let waited = since.elapsed() > SUPERVISOR_START_GRACE;
                     let stopped = stopping
                         .lock()
@@ -386,7 +411,7 @@ impl ProcessDriver {
                 })
                 .await;
             }
-            let _ = std::fs::remove_dir_all(dir.root());
+            remove_pod_dir(dir.root());
             stopping
                 .lock()
                 .expect("the stopping set's lock")
@@ -461,7 +486,7 @@ impl ProcessDriver {
                 })
                 .await;
             }
-            let _ = std::fs::remove_dir_all(dir.root());
+            remove_pod_dir(dir.root());
         });
     }
 
@@ -481,7 +506,7 @@ impl ProcessDriver {
         }
     }
 
-    fn port_for(&mut self, agent: AgentId, instance: Instance) -> Option<u16> {
+    pub(super) fn port_for(&mut self, agent: AgentId, instance: Instance) -> Option<u16> {
         if let Some(&port) = self.ports.get(&(agent, instance)) {
             return Some(port);
         }
@@ -489,6 +514,7 @@ impl ProcessDriver {
         if let Some(&port) = self.ports.get(&(agent, instance)) {
             return Some(port);
         }
+        self.prune_standby_ports();
         let taken: std::collections::BTreeSet<u16> = self.ports.values().copied().collect();
         let port = (0..self.settings.max_pods)
             .map(|slot| self.settings.port_base + slot * self.settings.port_stride)
@@ -502,10 +528,9 @@ impl ProcessDriver {
         agent: AgentId,
         instance: Instance,
     ) -> Option<carapace_drivers::cgroup::PodCgroup> {
-        self.cgroups
-            .as_ref()
-            .ok()?
-            .open(&pod_cgroup_name(agent, instance))
+        let name = super::warm::standby_cgroup_of(&self.pod_dir(agent, instance))
+            .unwrap_or_else(|| pod_cgroup_name(agent, instance));
+        self.cgroups.as_ref().ok()?.open(&name)
     }
 
     /// Reports a command's end on the driver's channel, as its tasks do.
@@ -537,8 +562,21 @@ fn take_snapshot(store: &Path, state: &Path, snapshot: SnapshotId) -> Result<(),
     }
 }
 
+/// Removes a pod directory; an adopted standby's link goes with the directory it names.
+pub(super) fn remove_pod_dir(root: &Path) {
+    match std::fs::read_link(root) {
+        Ok(target) => {
+            let _ = std::fs::remove_dir_all(target);
+            let _ = std::fs::remove_file(root);
+        }
+        Err(_) => {
+            let _ = std::fs::remove_dir_all(root);
+        }
+    }
+}
+
 /// Whether the supervisor whose pid the pod recorded still runs.
-fn supervisor_alive(dir: &PodDir) -> bool {
+pub(super) fn supervisor_alive(dir: &PodDir) -> bool {
     supervisor_pid(dir).is_some_and(|pid| {
         std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
             .is_ok_and(|cmdline| cmdline.contains("supervise"))
@@ -547,11 +585,11 @@ fn supervisor_alive(dir: &PodDir) -> bool {
     })
 }
 
-fn supervisor_pid(dir: &PodDir) -> Option<i32> {
+pub(super) fn supervisor_pid(dir: &PodDir) -> Option<i32> {
     std::fs::read_to_string(dir.pid()).ok()?.trim().parse().ok()
 }
 
-fn kill_supervisor(dir: &PodDir) {
+pub(super) fn kill_supervisor(dir: &PodDir) {
     if supervisor_alive(dir)
         && let Some(pid) = supervisor_pid(dir)
     {

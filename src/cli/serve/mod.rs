@@ -18,6 +18,7 @@ mod reports;
 mod restart;
 mod secrets;
 mod tenants;
+mod warm;
 
 use super::EXIT_BAD_INPUT;
 use api::{Envelope, Request};
@@ -93,12 +94,15 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         port_stride: config.pods.port_stride,
         max_pods: config.pods.max_pods,
     };
-    let driver = ProcessDriver::new(
+    let mut driver = ProcessDriver::new(
         config.data_dir.clone(),
         &config.node.cgroup_parent,
         settings,
         reports_tx,
     )?;
+    if let Some(template) = config.warm_pool.as_ref().and_then(|w| w.template.clone()) {
+        driver = driver.with_warm_pool(template, config.policy.placement.warm_pool_per_node);
+    }
     match driver.enforcement() {
         enforced @ Enforcement::Enforced { .. } => tracing::info!("{enforced}"),
         unenforced => {
@@ -513,6 +517,16 @@ fn metrics(daemon: &Daemon, caller: Caller) -> String {
     );
     let _ = writeln!(text, "# TYPE carapace_memory_limits_enforced gauge");
     let _ = writeln!(text, "carapace_memory_limits_enforced {enforced}");
+    let _ = writeln!(
+        text,
+        "# HELP carapace_warm_standbys_ready Standby pods of the warm pool booted and waiting to be adopted."
+    );
+    let _ = writeln!(text, "# TYPE carapace_warm_standbys_ready gauge");
+    let _ = writeln!(
+        text,
+        "carapace_warm_standbys_ready {}",
+        daemon.driver.standbys_ready()
+    );
     text
 }
 

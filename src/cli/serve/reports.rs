@@ -39,6 +39,27 @@ impl Daemon {
                 instance,
                 numbered,
             } => self.on_pod_event(agent, instance, numbered.seq, numbered.event),
+            Report::Adopted {
+                agent,
+                instance,
+                after,
+            } => {
+                self.driver.watch(agent, instance, after);
+                Ok(())
+            }
+            Report::WarmUpDue { command } => {
+                self.driver.boot_standby(command);
+                Ok(())
+            }
+            Report::AdoptionFailed {
+                command,
+                agent,
+                instance,
+            } => {
+                self.driver.abandon_adoption(command, agent, instance);
+                self.start_cold(command);
+                Ok(())
+            }
         };
         if let Err(error) = result {
             tracing::debug!(%error, "a report the engine did not take");

@@ -59,6 +59,7 @@ impl Daemon {
         for (agent, instance) in self.driver.pods_on_disk() {
             self.driver.adopt_port(agent, instance);
         }
+        self.driver.claim_standby_ports();
         let redo: Vec<Command> = self.in_flight.values().cloned().collect();
         let mut touched = std::collections::BTreeSet::new();
         for command in redo {
@@ -90,6 +91,15 @@ impl Daemon {
                 self.driver.discard(agent, instance);
             }
         }
+        let warming = self
+            .in_flight
+            .values()
+            .filter_map(|c| match c {
+                Command::WarmUp { id, .. } => Some(*id),
+                _ => None,
+            })
+            .collect();
+        self.driver.reattach_standbys(&warming);
         Ok(())
     }
 }
