@@ -391,6 +391,14 @@ impl Node {
                 let local = command.0 > u64::MAX / 2;
                 (!local).then_some(NodeReport::Finished { command, outcome })
             }
+            // A node's driver keeps no warm pool (the leader does not warm nodes yet), so it
+            // never adopts a standby.
+            report @ (Report::Adopted { .. }
+            | Report::WarmUpDue { .. }
+            | Report::AdoptionFailed { .. }) => {
+                tracing::warn!(?report, "a warm-pool report on a node without a warm pool");
+                None
+            }
             Report::SupervisorLost { agent, instance } => {
                 self.ended.insert(agent, instance);
                 if self
