@@ -174,6 +174,37 @@ fn wait_report(
     }
 }
 
+/// Assigns agent `agent` (instance 1) to the node's registration `epoch` as a leader would,
+/// waits until the node reports it spawned and ready, and answers its pid.
+fn run_assigned(client: &Client, keys: &Keyspace, epoch: i64, agent: u32) -> u64 {
+    let start_command = u64::from(agent) * 10;
+    put(
+        client,
+        &keys.assignment("n1", agent),
+        &assignment(epoch, agent, 1, start_command),
+    );
+    let within = Duration::from_secs(30);
+    let spawned = wait_report(
+        client,
+        keys,
+        epoch,
+        within,
+        "spawned",
+        event_of(agent, "spawned"),
+    );
+    wait_report(
+        client,
+        keys,
+        epoch,
+        within,
+        "ready",
+        event_of(agent, "ready"),
+    );
+    spawned["numbered"]["event"]["pid"]
+        .as_u64()
+        .expect("a spawned event names its pid")
+}
+
 fn event_of(agent: u32, event: &'static str) -> impl Fn(&Value) -> bool {
     move |r: &Value| {
         r["kind"] == "event" && r["agent"] == agent && r["numbered"]["event"]["event"] == event
@@ -215,28 +246,7 @@ fn a_node_runs_its_assignments_fences_itself_when_cut_off_and_rejoins_as_a_new_n
     assert_eq!(registration["memory_bytes"], 4u64 << 30);
 
     // An assignment runs: the pod's events come back through etcd.
-    put(
-        &client,
-        &keys.assignment("n1", 1),
-        &assignment(epoch, 1, 1, 10),
-    );
-    let spawned = wait_report(
-        &client,
-        &keys,
-        epoch,
-        Duration::from_secs(30),
-        "spawned",
-        event_of(1, "spawned"),
-    );
-    wait_report(
-        &client,
-        &keys,
-        epoch,
-        Duration::from_secs(30),
-        "ready",
-        event_of(1, "ready"),
-    );
-    let pid = spawned["numbered"]["event"]["pid"].as_u64().unwrap();
+    let pid = run_assigned(&client, &keys, epoch, 1);
 
     // Rung 1 is the pod's own: a crash is restarted in place without any controller.
     nix::sys::signal::kill(
@@ -424,28 +434,7 @@ fn a_node_whose_cable_is_cut_stops_its_agent_before_its_lease_expires() {
         &cgroup_parent,
     );
     let epoch = node.wait_registered(Duration::from_secs(20));
-    put(
-        &client,
-        &keys.assignment("n1", 1),
-        &assignment(epoch, 1, 1, 10),
-    );
-    let spawned = wait_report(
-        &client,
-        &keys,
-        epoch,
-        Duration::from_secs(30),
-        "spawned",
-        event_of(1, "spawned"),
-    );
-    wait_report(
-        &client,
-        &keys,
-        epoch,
-        Duration::from_secs(30),
-        "ready",
-        event_of(1, "ready"),
-    );
-    let pid = spawned["numbered"]["event"]["pid"].as_u64().unwrap();
+    let pid = run_assigned(&client, &keys, epoch, 1);
 
     net.set_connected(0, false).unwrap();
     let deadline = Instant::now() + TTL * 3;
