@@ -484,6 +484,51 @@ fn a_node_whose_cable_is_cut_stops_its_agent_before_its_lease_expires() {
     drop(net);
 }
 
+/// The node daemon killed alone (SIGKILL: nothing of it runs on) while its machine and pods
+/// live: the pods watch the node's fence file, which only a live node moves on, and stop their
+/// agents before etcd expires the node's lease.
+#[test]
+fn pods_stop_their_agents_before_the_lease_expires_when_their_node_daemon_dies() {
+    let scratch = Scratch::new("node-killed");
+    let etcd = LocalEtcd::start(
+        &scratch.path().join("etcd"),
+        3,
+        34200,
+        Duration::from_secs(30),
+    )
+    .expect("a local etcd cluster");
+    let client = etcd.client(Duration::from_secs(1));
+    let keys = Keyspace::default();
+    let cgroup_parent = format!("carapace-test-node-killed-{}", std::process::id());
+    let config = scratch.file(
+        "node.toml",
+        &node_file(&etcd.endpoints(), &cgroup_parent, 34400),
+    );
+    let mut node = RunningNode::start(&config, &cgroup_parent);
+    let epoch = node.wait_registered(Duration::from_secs(20));
+    let pid = run_assigned(&client, &keys, epoch, 1);
+    node.child.kill().unwrap();
+    node.child.wait().unwrap();
+    // The pod outlives its daemon (rung 1 is local) until the fence...
+    assert!(
+        alive(pid),
+        "the agent died with the node daemon, not by its fence"
+    );
+    // ...and is gone by the time etcd expires the lease.
+    let deadline = Instant::now() + TTL * 3;
+    while client.get(&keys.node("n1")).unwrap().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the dead node's lease did not expire"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !alive(pid),
+        "the agent still ran when its node's lease expired"
+    );
+}
+
 #[test]
 fn a_bad_node_file_is_refused_naming_the_field() {
     let scratch = Scratch::new("node-bad");

@@ -49,6 +49,10 @@ pub struct PodSpec {
     /// The cgroup directory the supervisor joins before it starts the agent, so that the
     /// agent and all it spawns inherit the pod's memory limit.
     pub cgroup: Option<PathBuf>,
+    /// A node's fence file (see [`fence`]): once the deadline in it passes, the supervisor
+    /// stops the agent as if told to. Pods of `carapace serve` have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<PathBuf>,
 }
 
 /// The layout of one pod directory.
@@ -206,6 +210,7 @@ pub fn write_spec(dir: &PodDir, spec: &PodSpec) -> std::io::Result<()> {
 }
 
 mod client;
+pub mod fence;
 mod server;
 
 pub use client::{PodClient, PodClientError};

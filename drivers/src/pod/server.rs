@@ -73,6 +73,19 @@ pub async fn run_pod(
         let log = log.clone();
         move |event| log.lock().expect("event log lock").append(event)
     };
+    // A node's pod also stops once its node's fence passes (the node is gone or cut off).
+    let fence = spec.fence.clone();
+    let shutdown = async move {
+        match fence {
+            Some(path) => tokio::select! {
+                () = shutdown => {}
+                () = super::fence::passed(&path, FENCE_CHECK) => {
+                    tracing::warn!("the node's fence passed: stopping the agent");
+                }
+            },
+            None => shutdown.await,
+        }
+    };
     tokio::pin!(shutdown);
     let supervised = supervise(config, emit, requests);
     tokio::pin!(supervised);
@@ -91,6 +104,9 @@ pub async fn run_pod(
     let _ = std::fs::remove_file(dir.socket());
     Ok(outcome)
 }
+
+/// How often a pod looks at its node's fence: a small part of any lease's margin.
+const FENCE_CHECK: Duration = Duration::from_millis(100);
 
 /// Takes the pod's lock for as long as the returned guard lives; `None` when another
 /// supervisor holds it.

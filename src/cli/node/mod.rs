@@ -97,6 +97,7 @@ async fn node(config: NodeConfigChecked) -> anyhow::Result<()> {
         port_base: file.pods.port_base,
         port_stride: file.pods.port_stride,
         max_pods: file.pods.max_pods,
+        fence: Some(file.data_dir.join(FENCE_FILE)),
     };
     let driver = ProcessDriver::new(
         file.data_dir.clone(),
@@ -178,6 +179,9 @@ async fn node(config: NodeConfigChecked) -> anyhow::Result<()> {
         }
         let mut watchdog = Watchdog::new(config.fencing, session.granted_sent_ms);
         let clock = membership.clock;
+        let fence_file = file.data_dir.join(FENCE_FILE);
+        // Before any pod of this session starts: a pod finding a passed fence stops at once.
+        push_fence(&fence_file, &watchdog, clock);
         let mut leaderless_since: Option<u64> = None;
         let ended = loop {
             let fence_at = clock.instant(Millis(watchdog.fence_at()));
@@ -187,6 +191,7 @@ async fn node(config: NodeConfigChecked) -> anyhow::Result<()> {
                 Some(news) = session.lease_news.recv() => match news {
                     LeaseNews::Renewed { sent_ms } => {
                         watchdog.acknowledged(sent_ms);
+                        push_fence(&fence_file, &watchdog, clock);
                         if let Some(since) = leaderless_since.take() {
                             eprintln!(
                                 "carapace node: {} renewed its lease after {} ms without an etcd leader",
@@ -197,6 +202,7 @@ async fn node(config: NodeConfigChecked) -> anyhow::Result<()> {
                     }
                     LeaseNews::Leaderless { asked_ms } => {
                         watchdog.acknowledged(asked_ms);
+                        push_fence(&fence_file, &watchdog, clock);
                         if leaderless_since.is_none() {
                             leaderless_since = Some(asked_ms);
                             eprintln!(
@@ -249,6 +255,20 @@ async fn node(config: NodeConfigChecked) -> anyhow::Result<()> {
                 node.assigned.clear();
             }
         }
+    }
+}
+
+/// The node's fence file in its data directory, which every pod of the node watches.
+const FENCE_FILE: &str = "fence";
+
+/// Moves the pods' fence to the node's own: if this daemon dies, its pods stop themselves when
+/// it would have fenced them.
+fn push_fence(path: &std::path::Path, watchdog: &Watchdog, clock: Clock) {
+    let left = watchdog.fence_at().saturating_sub(clock.now().0);
+    let deadline = carapace_drivers::pod::fence::monotonic_ms() + left;
+    if let Err(error) = carapace_drivers::pod::fence::write_deadline(path, deadline) {
+        // The pods keep the older deadline: they stop sooner, never later.
+        tracing::error!(%error, path = %path.display(), "cannot move the pods' fence");
     }
 }
 

@@ -58,6 +58,8 @@ pub struct PodSettings {
     pub port_base: u16,
     pub port_stride: u16,
     pub max_pods: u16,
+    /// The node's fence file every pod watches (`carapace node`); `None` under `serve`.
+    pub fence: Option<PathBuf>,
 }
 
 /// Runs pods on this machine.
@@ -246,6 +248,7 @@ impl ProcessDriver {
                 .as_ref()
                 .map(|words| words.iter().map(|w| rendered.text(w)).collect()),
             cgroup,
+            fence: self.settings.fence.clone(),
         };
         std::fs::write(dir.root().join("port"), port.to_string())?;
         write_spec(dir, &spec)?;

@@ -93,6 +93,7 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         port_base: config.pods.port_base,
         port_stride: config.pods.port_stride,
         max_pods: config.pods.max_pods,
+        fence: None,
     };
     let mut driver = ProcessDriver::new(
         config.data_dir.clone(),
