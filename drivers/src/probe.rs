@@ -93,30 +93,9 @@ impl Probe {
     async fn attempt(&self) -> Result<(), String> {
         match self {
             Probe::Http { addr, host, path } => {
-                let mut stream = TcpStream::connect(addr)
-                    .await
-                    .map_err(|e| format!("connect: {e}"))?;
                 let request =
                     format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-                stream
-                    .write_all(request.as_bytes())
-                    .await
-                    .map_err(|e| format!("send: {e}"))?;
-                // The status line is all we need; read at most a small head.
-                let mut head = [0u8; 64];
-                let mut len = 0;
-                while len < 12 {
-                    let n = stream
-                        .read(&mut head[len..])
-                        .await
-                        .map_err(|e| format!("read: {e}"))?;
-                    if n == 0 {
-                        break;
-                    }
-                    len += n;
-                }
-                let line = String::from_utf8_lossy(&head[..len]);
-                let status = line.split_whitespace().nth(1).unwrap_or("");
+                let status = http_status(addr, &request).await?;
                 if status.starts_with('2') && status.len() == 3 {
                     Ok(())
                 } else {
@@ -186,6 +165,7 @@ async fn http_status(addr: &SocketAddr, request: &str) -> Result<String, String>
         .write_all(request.as_bytes())
         .await
         .map_err(|e| format!("send: {e}"))?;
+    // The status line is all we need; read at most a small head.
     let mut head = [0u8; 64];
     let mut len = 0;
     while len < 12 {

@@ -224,23 +224,15 @@ fn alive(pid: u64) -> bool {
 
 #[test]
 fn a_node_runs_its_assignments_fences_itself_when_cut_off_and_rejoins_as_a_new_node() {
-    let scratch = Scratch::new("node");
-    let mut etcd = LocalEtcd::start(
-        &scratch.path().join("etcd"),
-        3,
-        33200,
-        Duration::from_secs(30),
-    )
-    .expect("a local etcd cluster (scripts/install-etcd installs etcd)");
-    let client = etcd.client(Duration::from_secs(1));
-    let keys = Keyspace::default();
-    let cgroup_parent = format!("carapace-test-node-{}", std::process::id());
-    let config = scratch.file(
-        "node.toml",
-        &node_file(&etcd.endpoints(), &cgroup_parent, 33500),
-    );
-    let node = RunningNode::start(&config, &cgroup_parent);
-    let epoch = node.wait_registered(Duration::from_secs(20));
+    // Bound in this order so that they drop in the reverse: the node, etcd, the scratch dir.
+    let Loopback {
+        scratch: _scratch,
+        mut etcd,
+        client,
+        keys,
+        epoch,
+        node,
+    } = Loopback::start("node", 33200, 33500);
     let registration: Value =
         serde_json::from_slice(&client.get(&keys.node("n1")).unwrap().unwrap().value).unwrap();
     assert_eq!(registration["memory_bytes"], 4u64 << 30);
@@ -390,6 +382,49 @@ fn a_node_runs_its_assignments_fences_itself_when_cut_off_and_rejoins_as_a_new_n
     assert!(client.get(&keys.node("n1")).unwrap().is_none());
 }
 
+/// A 3-member etcd on loopback and a node registered with it. As a whole it drops the node
+/// (and its pods) first, then etcd, then the scratch directory.
+struct Loopback {
+    node: RunningNode,
+    etcd: LocalEtcd,
+    client: Client,
+    keys: Keyspace,
+    /// The node's registration.
+    epoch: i64,
+    scratch: Scratch,
+}
+
+impl Loopback {
+    /// etcd members on `etcd_port + 1..`, pods from `pod_port`; the cgroups under a parent
+    /// named after `label`.
+    fn start(label: &str, etcd_port: u16, pod_port: u16) -> Loopback {
+        let scratch = Scratch::new(label);
+        let etcd = LocalEtcd::start(
+            &scratch.path().join("etcd"),
+            3,
+            etcd_port,
+            Duration::from_secs(30),
+        )
+        .expect("a local etcd cluster (scripts/install-etcd installs etcd)");
+        let client = etcd.client(Duration::from_secs(1));
+        let cgroup_parent = format!("carapace-test-{label}-{}", std::process::id());
+        let config = scratch.file(
+            "node.toml",
+            &node_file(&etcd.endpoints(), &cgroup_parent, pod_port),
+        );
+        let node = RunningNode::start(&config, &cgroup_parent);
+        let epoch = node.wait_registered(Duration::from_secs(20));
+        Loopback {
+            node,
+            etcd,
+            client,
+            keys: Keyspace::default(),
+            epoch,
+            scratch,
+        }
+    }
+}
+
 fn node_file(endpoints: &[String], cgroup_parent: &str, port_base: u16) -> String {
     let endpoints = endpoints.join("\", \"");
     format!(
@@ -489,23 +524,14 @@ fn a_node_whose_cable_is_cut_stops_its_agent_before_its_lease_expires() {
 /// agents before etcd expires the node's lease.
 #[test]
 fn pods_stop_their_agents_before_the_lease_expires_when_their_node_daemon_dies() {
-    let scratch = Scratch::new("node-killed");
-    let etcd = LocalEtcd::start(
-        &scratch.path().join("etcd"),
-        3,
-        34200,
-        Duration::from_secs(30),
-    )
-    .expect("a local etcd cluster");
-    let client = etcd.client(Duration::from_secs(1));
-    let keys = Keyspace::default();
-    let cgroup_parent = format!("carapace-test-node-killed-{}", std::process::id());
-    let config = scratch.file(
-        "node.toml",
-        &node_file(&etcd.endpoints(), &cgroup_parent, 34400),
-    );
-    let mut node = RunningNode::start(&config, &cgroup_parent);
-    let epoch = node.wait_registered(Duration::from_secs(20));
+    let Loopback {
+        scratch: _scratch,
+        etcd: _etcd,
+        client,
+        keys,
+        epoch,
+        mut node,
+    } = Loopback::start("node-killed", 34200, 34400);
     let pid = run_assigned(&client, &keys, epoch, 1);
     node.child.kill().unwrap();
     node.child.wait().unwrap();

@@ -2,7 +2,7 @@
 //! and `[pods]` tables are `carapace serve`'s own, so a machine moves between the embedded and
 //! the cluster mode without rewriting them.
 
-use crate::cli::serve::config::{NodeConfig, PodsConfig, deserialize_toml};
+use crate::cli::serve::config::{NodeConfig, PodsConfig, deserialize_toml, directory_of};
 use carapace_cluster::fencing::FencingRule;
 use carapace_cluster::keys::{Keyspace, check_name};
 use carapace_engine::SupervisorPolicy;
@@ -152,19 +152,9 @@ pub fn parse(text: &str, path: &Path, etcd: Option<&str>) -> Result<NodeConfigCh
             format!("{change}: a fraction from 0 (every sample) to 1"),
         ));
     }
-    if file.pods.port_stride == 0 || file.pods.max_pods == 0 {
-        return Err(field(
-            "pods",
-            "port_stride and max_pods must be at least 1".into(),
-        ));
-    }
-    let base = path.parent().unwrap_or(Path::new("."));
-    let base = match std::env::current_dir() {
-        Ok(cwd) => cwd.join(base),
-        Err(_) => base.to_owned(),
-    };
+    file.pods.check().map_err(|e| field("pods", e))?;
     if file.data_dir.is_relative() {
-        file.data_dir = base.join(&file.data_dir);
+        file.data_dir = directory_of(path).join(&file.data_dir);
     }
     Ok(NodeConfigChecked {
         file,

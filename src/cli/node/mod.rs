@@ -327,15 +327,13 @@ impl Node {
     }
 
     fn reconcile(&mut self, epoch: carapace_cluster::Revision) {
-        // An instance that ended on its own is not restarted under the same assignment.
-        let mut assigned = self.assigned.clone();
-        assigned.retain(|agent, a| self.ended.get(agent) != Some(&a.instance));
+        // An ended instance matters only while it is still the one assigned.
         self.ended.retain(|agent, instance| {
             self.assigned
                 .get(agent)
                 .is_some_and(|a| a.instance == *instance)
         });
-        for action in reconcile::reconcile(epoch, &assigned, &self.pods) {
+        for action in reconcile::reconcile(epoch, &self.assigned, &self.ended, &self.pods) {
             match action {
                 Action::Start(assignment) => {
                     let agent = assignment.record.id;

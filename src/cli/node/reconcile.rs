@@ -29,12 +29,16 @@ pub enum Action {
 
 /// The actions that bring `pods` to `assigned`, for the node registered at `epoch`, in agent
 /// order. Assignments for another epoch are not this node's: they are left to the leader, and
-/// a pod of one is stopped.
+/// a pod of one is stopped. An assignment of an instance in `ended` (it ended on its own) is
+/// not this node's to run again either: the leader decides what follows.
 pub fn reconcile(
     epoch: Revision,
     assigned: &BTreeMap<AgentId, Assignment>,
+    ended: &BTreeMap<AgentId, Instance>,
     pods: &BTreeMap<AgentId, Pod>,
 ) -> Vec<Action> {
+    let runnable =
+        |agent: &AgentId, a: &Assignment| a.epoch == epoch && ended.get(agent) != Some(&a.instance);
     let mut actions = Vec::new();
     for (agent, pod) in pods {
         if pod.stopping {
@@ -42,7 +46,7 @@ pub fn reconcile(
         }
         let wanted = assigned
             .get(agent)
-            .filter(|a| a.epoch == epoch && a.instance == pod.instance);
+            .filter(|a| runnable(agent, a) && a.instance == pod.instance);
         match wanted {
             Some(assignment) => {
                 if let Some(stop) = assignment.stop {
@@ -64,7 +68,7 @@ pub fn reconcile(
     }
     for (agent, assignment) in assigned {
         let runs = pods.contains_key(agent);
-        if assignment.epoch == epoch && assignment.stop.is_none() && !runs {
+        if runnable(agent, assignment) && assignment.stop.is_none() && !runs {
             actions.push(Action::Start(Box::new(assignment.clone())));
         }
     }
@@ -139,12 +143,30 @@ mod tests {
         let list = assigned(&[assignment(1, 7, 1), assignment(2, 7, 3)]);
         let pods = running(&[(2, 3, false), (9, 1, false)]);
         assert_eq!(
-            summary(&reconcile(7, &list, &pods)),
+            summary(&reconcile(7, &list, &BTreeMap::new(), &pods)),
             ["stop 9 1 None", "start 1 1"]
         );
         // Once started, nothing more to do.
         let pods = running(&[(1, 1, false), (2, 3, false)]);
-        assert!(reconcile(7, &list, &pods).is_empty());
+        assert!(reconcile(7, &list, &BTreeMap::new(), &pods).is_empty());
+    }
+
+    #[test]
+    fn an_instance_that_ended_on_its_own_is_not_started_again_nor_kept() {
+        let list = assigned(&[assignment(1, 7, 1), assignment(2, 7, 1)]);
+        let ended = BTreeMap::from([(AgentId(1), Instance(1)), (AgentId(2), Instance(1))]);
+        // Agent 1's pod is gone; agent 2's supervisor gave up but its pod is still there.
+        let pods = running(&[(2, 1, false)]);
+        assert_eq!(
+            summary(&reconcile(7, &list, &ended, &pods)),
+            ["stop 2 1 None"]
+        );
+        // A new instance assigned to agent 1 runs.
+        let next = assigned(&[assignment(1, 7, 2)]);
+        assert_eq!(
+            summary(&reconcile(7, &next, &ended, &BTreeMap::new())),
+            ["start 1 2"]
+        );
     }
 
     #[test]
@@ -153,12 +175,12 @@ mod tests {
         // to its old self (epoch 7) is the leader's to move.
         let list = assigned(&[assignment(1, 7, 1), assignment(2, 12, 1)]);
         assert_eq!(
-            summary(&reconcile(12, &list, &BTreeMap::new())),
+            summary(&reconcile(12, &list, &BTreeMap::new(), &BTreeMap::new())),
             ["start 2 1"]
         );
         let pods = running(&[(1, 1, false)]);
         assert_eq!(
-            summary(&reconcile(12, &list, &pods)),
+            summary(&reconcile(12, &list, &BTreeMap::new(), &pods)),
             ["stop 1 1 None", "start 2 1"]
         );
     }
@@ -171,7 +193,7 @@ mod tests {
             snapshot: Some(SnapshotId(4)),
         });
         let pods = running(&[(1, 1, false)]);
-        let actions = reconcile(7, &assigned(&[stop.clone()]), &pods);
+        let actions = reconcile(7, &assigned(&[stop.clone()]), &BTreeMap::new(), &pods);
         assert_eq!(summary(&actions), ["stop 1 1 Some(99)"]);
         assert!(matches!(
             actions[0],
@@ -182,15 +204,25 @@ mod tests {
         ));
         // Already stopping: nothing is issued twice, and a stopped order is not started.
         let stopping = running(&[(1, 1, true)]);
-        assert!(reconcile(7, &assigned(&[stop]), &stopping).is_empty());
+        assert!(reconcile(7, &assigned(&[stop]), &BTreeMap::new(), &stopping).is_empty());
         // Instance 2 assigned while instance 1 runs: 1 stops now, 2 starts once 1 is gone.
         let next = assignment(1, 7, 2);
         assert_eq!(
-            summary(&reconcile(7, &assigned(std::slice::from_ref(&next)), &pods)),
+            summary(&reconcile(
+                7,
+                &assigned(std::slice::from_ref(&next)),
+                &BTreeMap::new(),
+                &pods
+            )),
             ["stop 1 1 None"]
         );
         assert_eq!(
-            summary(&reconcile(7, &assigned(&[next]), &BTreeMap::new())),
+            summary(&reconcile(
+                7,
+                &assigned(&[next]),
+                &BTreeMap::new(),
+                &BTreeMap::new()
+            )),
             ["start 1 2"]
         );
     }

@@ -160,20 +160,10 @@ pub fn parse(text: &str, path: &Path) -> Result<ServeConfig, String> {
             path.display()
         ));
     }
-    if config.pods.port_stride == 0 || config.pods.max_pods == 0 {
-        return Err(format!(
-            "{}: field `pods`: port_stride and max_pods must be at least 1",
-            path.display()
-        ));
-    }
-    let last_port = u32::from(config.pods.port_base)
-        + u32::from(config.pods.port_stride) * u32::from(config.pods.max_pods);
-    if last_port > u32::from(u16::MAX) {
-        return Err(format!(
-            "{}: field `pods`: port_base + port_stride × max_pods ({last_port}) passes 65535",
-            path.display()
-        ));
-    }
+    config
+        .pods
+        .check()
+        .map_err(|e| format!("{}: field `pods`: {e}", path.display()))?;
     if let Some(url) = &config.api.alert_webhook
         && !url.starts_with("http://")
     {
@@ -182,13 +172,7 @@ pub fn parse(text: &str, path: &Path) -> Result<ServeConfig, String> {
             path.display()
         ));
     }
-    // Absolute: pods run their agents and validators in their own directories, where a
-    // path relative to the daemon's working directory would name nothing.
-    let base = path.parent().unwrap_or(Path::new("."));
-    let base = match std::env::current_dir() {
-        Ok(cwd) => cwd.join(base),
-        Err(_) => base.to_owned(),
-    };
+    let base = directory_of(path);
     if config.data_dir.is_relative() {
         config.data_dir = base.join(&config.data_dir);
     }
@@ -223,6 +207,34 @@ pub fn parse(text: &str, path: &Path) -> Result<ServeConfig, String> {
         }
     }
     Ok(config)
+}
+
+impl PodsConfig {
+    /// Checks the port plan; the error says which part is wrong.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if self.port_stride == 0 || self.max_pods == 0 {
+            return Err("port_stride and max_pods must be at least 1".into());
+        }
+        let last_port =
+            u32::from(self.port_base) + u32::from(self.port_stride) * u32::from(self.max_pods);
+        if last_port > u32::from(u16::MAX) {
+            return Err(format!(
+                "port_base + port_stride × max_pods ({last_port}) passes 65535"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The absolute directory of a config file, which its relative paths are relative to. Absolute
+/// because pods run their agents and validators in their own directories, where a path
+/// relative to the daemon's working directory would name nothing.
+pub(crate) fn directory_of(path: &Path) -> PathBuf {
+    let base = path.parent().unwrap_or(Path::new("."));
+    match std::env::current_dir() {
+        Ok(cwd) => cwd.join(base),
+        Err(_) => base.to_owned(),
+    }
 }
 
 /// Deserializes TOML text into `T`; the error names the file, line, column and field.

@@ -474,23 +474,7 @@ impl ProcessDriver {
         let dir = self.pod_dir(agent, instance);
         let cgroup = self.cgroup_of(agent, instance);
         self.ports.remove(&(agent, instance));
-        tokio::spawn(async move {
-            if PodClient::new(dir.clone())
-                .stop(Duration::from_secs(5))
-                .await
-                .is_err()
-            {
-                kill_supervisor(&dir);
-            }
-            if let Some(cgroup) = cgroup {
-                let _ = cgroup.kill_all();
-                let _ = tokio::task::spawn_blocking(move || {
-                    cgroup.remove_when_empty(Duration::from_secs(5))
-                })
-                .await;
-            }
-            remove_pod_dir(dir.root());
-        });
+        tear_down(dir, cgroup);
     }
 
     /// Frees a stopped pod's port slot for the next pod.
@@ -547,6 +531,28 @@ impl ProcessDriver {
             let _ = reports.send(Report::Finished { command, outcome }).await;
         });
     }
+}
+
+/// Stops what is left of a pod nobody wants (its supervisor, else its processes), then removes
+/// its cgroup and directory; in a task of its own.
+pub(super) fn tear_down(dir: PodDir, cgroup: Option<carapace_drivers::cgroup::PodCgroup>) {
+    tokio::spawn(async move {
+        if PodClient::new(dir.clone())
+            .stop(Duration::from_secs(5))
+            .await
+            .is_err()
+        {
+            kill_supervisor(&dir);
+        }
+        if let Some(cgroup) = cgroup {
+            let _ = cgroup.kill_all();
+            let _ = tokio::task::spawn_blocking(move || {
+                cgroup.remove_when_empty(Duration::from_secs(5))
+            })
+            .await;
+        }
+        remove_pod_dir(dir.root());
+    });
 }
 
 /// A new supervisor has this long to open its socket before it counts as lost.

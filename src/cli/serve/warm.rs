@@ -17,7 +17,7 @@
 //! symbolic link to it, so everything that finds a pod by agent and instance finds it.
 
 use super::agents::{AgentRecord, AgentRequest, RUNTIME, Rendered};
-use super::driver::{ProcessDriver, Report, remove_pod_dir, supervisor_alive};
+use super::driver::{ProcessDriver, Report, supervisor_alive};
 use carapace_drivers::pod::{PodClient, PodDir};
 use carapace_engine::{AgentId, CommandId, Instance, Outcome, Version};
 use carapace_sim::scenario::Bytes;
@@ -580,23 +580,7 @@ impl ProcessDriver {
     /// Kills what is left of a pod directory and removes it.
     fn discard_dir(&self, dir: PodDir, cgroup: Option<String>) {
         let cgroup = cgroup.and_then(|name| self.cgroups.as_ref().ok()?.open(&name));
-        tokio::spawn(async move {
-            if PodClient::new(dir.clone())
-                .stop(Duration::from_secs(5))
-                .await
-                .is_err()
-            {
-                super::driver::kill_supervisor(&dir);
-            }
-            if let Some(cgroup) = cgroup {
-                let _ = cgroup.kill_all();
-                let _ = tokio::task::spawn_blocking(move || {
-                    cgroup.remove_when_empty(Duration::from_secs(5))
-                })
-                .await;
-            }
-            remove_pod_dir(dir.root());
-        });
+        super::driver::tear_down(dir, cgroup);
     }
 
     /// Frees the port slots of standbys that are gone (lost while they waited).
