@@ -9,6 +9,8 @@
 //! - [`etcd`]: a small blocking client for etcd's v3 API over its JSON gateway — KV,
 //!   transactions, leases, watches and elections.
 //! - [`keys`]: where everything lives in the keyspace.
+//! - [`journal`]: the leader's store in etcd — desired state and the journal of every
+//!   engine input and command, each commit one transaction fenced by its leadership.
 //! - [`fencing`]: the self-fencing rule: when a node that cannot renew its lease must have
 //!   stopped its agents, so that it never serves an agent being recreated elsewhere.
 //! - [`local`]: a real etcd cluster of N members on one machine, for tests and for trying the
@@ -21,6 +23,7 @@
 
 pub mod etcd;
 pub mod fencing;
+pub mod journal;
 pub mod keys;
 pub mod local;
 pub mod netns;

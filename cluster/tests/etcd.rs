@@ -222,3 +222,84 @@ fn the_client_carries_on_through_one_member_down_and_stops_without_a_quorum() {
     }
     assert_eq!(client.get("/t/k").unwrap().unwrap().value, b"after");
 }
+
+#[test]
+fn the_leaders_journal_reads_back_whole_and_a_deposed_leader_cannot_append() {
+    use carapace_cluster::journal::{EtcdJournal, JournalError};
+    use carapace_engine::{Input, Millis, NodeId};
+    use carapace_store::{Batch, JournalEntry, JournalRecord};
+    use std::sync::Arc;
+
+    let etcd = cluster("journal", 33110);
+    let client = Arc::new(etcd.client(Duration::from_secs(2)));
+    let (lease, _) = client.grant(Duration::from_secs(30)).unwrap();
+    let first = client.campaign("/j/election", b"first", lease).unwrap();
+    let mut journal = EtcdJournal::open(client.clone(), "/j/", first.clone(), 1_000).unwrap();
+    assert_eq!((journal.epoch_unix_ms(), journal.last_seq()), (1_000, 0));
+    // More commits than one page of keys, and more desired records than one page, so that
+    // both reads page.
+    for step in 0..150u64 {
+        let mut batch = Batch::new();
+        for n in 0..(1 + step % 3) {
+            let input = Input::HeartbeatNode {
+                node: NodeId((step * 10 + n) as u32),
+            };
+            batch.append(&JournalRecord::new(
+                Millis(step),
+                JournalEntry::Input(input),
+            ));
+        }
+        batch.put_desired("agent", step, &format!("agent {step}"));
+        journal.commit(batch).unwrap();
+    }
+    let expected: u64 = (0..150u64).map(|step| 1 + step % 3).sum();
+    assert_eq!(journal.last_seq(), expected);
+    let desired = journal.desired_raw("agent").unwrap();
+    assert_eq!(desired.len(), 150);
+    assert_eq!(desired[149], (149, br#""agent 149""#.to_vec()));
+
+    // Reopened, as a new leader would: the same epoch and the same records, in order.
+    let reopened = EtcdJournal::open(client.clone(), "/j/", first.clone(), 99).unwrap();
+    assert_eq!(
+        (reopened.epoch_unix_ms(), reopened.last_seq()),
+        (1_000, expected)
+    );
+    let mut next = 1;
+    let mut seen = 0;
+    loop {
+        let page = reopened.read_journal(next, 100).unwrap();
+        assert!(page.dropped.is_none());
+        if page.records.is_empty() {
+            break;
+        }
+        for (seq, _) in &page.records {
+            assert_eq!(*seq, next);
+            next += 1;
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, expected);
+
+    // Another campaign leads once the first resigns; the first's late write is refused and
+    // leaves nothing behind.
+    client.resign(&first).unwrap();
+    let (lease, _) = client.grant(Duration::from_secs(30)).unwrap();
+    let second = client.campaign("/j/election", b"second", lease).unwrap();
+    let mut late = Batch::new();
+    late.append(&JournalRecord::new(Millis(999), JournalEntry::Timeout));
+    late.put_desired("agent", 7, &"overwritten");
+    let refused = journal.commit(late).unwrap_err();
+    assert!(matches!(refused, JournalError::Deposed { .. }), "{refused}");
+    let mut new_leader = EtcdJournal::open(client.clone(), "/j/", second, 5).unwrap();
+    assert_eq!(new_leader.last_seq(), expected);
+    assert_eq!(
+        new_leader.desired_raw("agent").unwrap()[7].1,
+        br#""agent 7""#.to_vec()
+    );
+    let mut batch = Batch::new();
+    batch.append(&JournalRecord::new(Millis(151), JournalEntry::Timeout));
+    assert_eq!(
+        new_leader.commit(batch).unwrap().seqs,
+        expected + 1..expected + 2
+    );
+}

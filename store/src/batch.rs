@@ -29,8 +29,10 @@ pub struct Batch {
     error: Option<StoreError>,
 }
 
-/// One desired-state or metadata change, encoded.
-pub(crate) enum Change {
+/// One desired-state or metadata change, encoded: what a store of another backend (the
+/// cluster's, in etcd) applies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
     PutDesired {
         kind: String,
         id: u64,
@@ -138,8 +140,12 @@ impl Batch {
         self.records.len()
     }
 
-    /// The batch's parts, or the first error met while building it.
-    pub(crate) fn into_parts(self) -> Result<(Vec<Change>, Vec<Vec<u8>>), StoreError> {
+    /// The batch's parts — its changes in order and its encoded journal records — or the
+    /// first error met while building it.
+    ///
+    /// # Errors
+    /// The first error met while the batch was built.
+    pub fn into_parts(self) -> Result<(Vec<Change>, Vec<Vec<u8>>), StoreError> {
         match self.error {
             Some(error) => Err(error),
             None => Ok((self.changes, self.records)),

@@ -52,7 +52,7 @@ mod error;
 mod record;
 mod store;
 
-pub use batch::{Batch, CommitInfo};
+pub use batch::{Batch, Change, CommitInfo};
 pub use error::StoreError;
 pub use record::{DecodeError, JournalEntry, JournalRecord, RECORD_VERSION};
 pub use store::{DropReason, Dropped, JournalRead, Store};

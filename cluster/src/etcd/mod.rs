@@ -87,6 +87,16 @@ impl EtcdError {
     }
 }
 
+/// A page of keys read by [`Client::list_page`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page {
+    pub kvs: Vec<KeyValue>,
+    /// Whether keys beyond this page remain in the range.
+    pub more: bool,
+    /// The revision the page was read at.
+    pub revision: Revision,
+}
+
 /// What the members this client can reach say about the cluster's leadership.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MembersView {
@@ -256,13 +266,52 @@ impl Client {
         let request = wire::RangeRequest {
             key: B64(prefix.as_bytes().to_vec()),
             range_end: Some(B64(prefix_end(prefix.as_bytes()))),
-            revision: None,
+            ..Default::default()
         };
         let response: wire::RangeResponse = self.call("/v3/kv/range", &request)?;
         Ok((
             response.kvs.into_iter().map(key_value).collect(),
             response.header.revision.0,
         ))
+    }
+
+    /// Up to `limit` keys under `prefix` from `from` (inclusive; a key under the prefix) on,
+    /// in key order, all read at `revision` (or the latest when `None`), and whether more
+    /// follow. Pages of one revision together read a large prefix as one consistent view.
+    pub fn list_page(
+        &self,
+        prefix: &str,
+        from: &[u8],
+        limit: usize,
+        revision: Option<Revision>,
+    ) -> Result<Page, EtcdError> {
+        let request = wire::RangeRequest {
+            key: B64(from.to_vec()),
+            range_end: Some(B64(prefix_end(prefix.as_bytes()))),
+            revision: revision.map(I64),
+            limit: Some(I64(i64::try_from(limit).unwrap_or(i64::MAX))),
+            ..Default::default()
+        };
+        let response: wire::RangeResponse = self.call("/v3/kv/range", &request)?;
+        Ok(Page {
+            kvs: response.kvs.into_iter().map(key_value).collect(),
+            more: response.more,
+            revision: response.header.revision.0,
+        })
+    }
+
+    /// The last key under `prefix` in key order, if there is one.
+    pub fn last_under(&self, prefix: &str) -> Result<Option<KeyValue>, EtcdError> {
+        let request = wire::RangeRequest {
+            key: B64(prefix.as_bytes().to_vec()),
+            range_end: Some(B64(prefix_end(prefix.as_bytes()))),
+            limit: Some(I64(1)),
+            sort_order: Some("DESCEND"),
+            sort_target: Some("KEY"),
+            ..Default::default()
+        };
+        let response: wire::RangeResponse = self.call("/v3/kv/range", &request)?;
+        Ok(response.kvs.into_iter().next().map(key_value))
     }
 
     pub fn put(

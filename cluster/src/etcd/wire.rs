@@ -80,6 +80,13 @@ pub struct RangeRequest {
     pub range_end: Option<B64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revision: Option<I64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<I64>,
+    /// `ASCEND` or `DESCEND`, with `sort_target`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sort_order: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sort_target: Option<&'static str>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -88,6 +95,8 @@ pub struct RangeResponse {
     pub header: Header,
     #[serde(default)]
     pub kvs: Vec<Kv>,
+    #[serde(default)]
+    pub more: bool,
 }
 
 #[derive(Debug, Default, Serialize)]
