@@ -6,6 +6,10 @@
 mod chaos;
 #[path = "cli/check.rs"]
 mod check;
+// A real etcd cluster, real nodes, real controllers, in real time.
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)]
+#[path = "cli/cluster.rs"]
+mod cluster;
 #[path = "cli/common.rs"]
 mod common;
 // A real daemon and a real browser, in real time.

@@ -54,6 +54,15 @@ pub enum JournalError {
     TooLarge { ops: usize, bytes: usize },
 }
 
+/// A commit checked and framed, not yet applied.
+#[derive(Debug)]
+pub struct Pending {
+    changes: Vec<Change>,
+    framed: Vec<u8>,
+    records: u64,
+    tried: bool,
+}
+
 /// The leader's store in etcd.
 #[derive(Debug)]
 pub struct EtcdJournal {
@@ -131,25 +140,45 @@ impl EtcdJournal {
     /// Applies `batch` in one transaction fenced by this store's leadership.
     ///
     /// # Errors
-    /// The batch's own error (nothing written), [`JournalError::TooLarge`],
-    /// [`JournalError::Deposed`] when etcd refused the fence, or an etcd error — after which
-    /// the write may or may not have happened, and the caller must not go on as leader
-    /// without finding out (a restart reads the journal again).
+    /// As [`prepare`](Self::prepare) and [`try_commit`](Self::try_commit).
     pub fn commit(&mut self, batch: Batch) -> Result<CommitInfo, JournalError> {
+        let mut pending = self.prepare(batch)?;
+        self.try_commit(&mut pending)
+    }
+
+    /// Checks `batch` against etcd's limits and frames its records, writing nothing.
+    ///
+    /// # Errors
+    /// The batch's own error, or [`JournalError::TooLarge`].
+    pub fn prepare(&self, batch: Batch) -> Result<Pending, JournalError> {
         let (changes, records) = batch.into_parts()?;
-        let first = self.last_seq + 1;
-        let end = first + records.len() as u64;
-        if changes.is_empty() && records.is_empty() {
-            return Ok(CommitInfo { seqs: first..first });
-        }
         let ops = changes.len() + usize::from(!records.is_empty()) + 1;
         let framed = frame(&records);
         let bytes = framed.len() + changes.iter().map(change_bytes).sum::<usize>();
         if ops > MAX_TXN_OPS || bytes > MAX_COMMIT_BYTES {
             return Err(JournalError::TooLarge { ops, bytes });
         }
+        Ok(Pending {
+            changes,
+            framed,
+            records: records.len() as u64,
+            tried: false,
+        })
+    }
+
+    /// Tries to apply `pending`; may be called again with the same `pending` after an etcd
+    /// error, which leaves it unknown whether the write happened: a retry finds out.
+    ///
+    /// # Errors
+    /// [`JournalError::Deposed`] when etcd refused the fence, or an etcd error.
+    pub fn try_commit(&mut self, pending: &mut Pending) -> Result<CommitInfo, JournalError> {
+        let first = self.last_seq + 1;
+        let end = first + pending.records;
+        if pending.changes.is_empty() && pending.records == 0 {
+            return Ok(CommitInfo { seqs: first..first });
+        }
         let mut txn = self.fenced();
-        for change in &changes {
+        for change in &pending.changes {
             txn = match change {
                 Change::PutDesired { kind, id, value } => {
                     txn.put(self.desired_key(kind, *id).as_bytes(), value, None)
@@ -162,14 +191,28 @@ impl EtcdJournal {
                 }
             };
         }
-        if !records.is_empty() {
+        let journal_key = self.journal_key(first);
+        if pending.records > 0 {
             // Append-only: a commit never overwrites another's records.
-            let key = self.journal_key(first);
-            txn = txn
-                .when_absent(key.as_bytes())
-                .put(key.as_bytes(), &framed, None);
+            txn = txn.when_absent(journal_key.as_bytes()).put(
+                journal_key.as_bytes(),
+                &pending.framed,
+                None,
+            );
         }
-        if !self.client.txn(txn)?.succeeded {
+        let retry = pending.tried;
+        pending.tried = true;
+        let succeeded = self.client.txn(txn)?.succeeded;
+        // A retried commit whose records are there already was applied by the try whose
+        // answer was lost (only this leader appends, and only this commit is at `first`).
+        let applied_before = !succeeded
+            && retry
+            && pending.records > 0
+            && self
+                .client
+                .get(&journal_key)?
+                .is_some_and(|kv| kv.value == pending.framed);
+        if !succeeded && !applied_before {
             return Err(JournalError::Deposed {
                 revision: self.leadership.revision,
             });

@@ -7,7 +7,7 @@
 //! logic (another release, another policy) — and the first difference is what a user needs.
 
 use carapace_engine::{Command, Controller, EngineConfig, EngineError};
-use carapace_store::{JournalEntry, JournalRecord, Store};
+use carapace_store::{JournalEntry, JournalRead, JournalRecord, Store};
 use std::collections::VecDeque;
 
 /// Journal records read per page.
@@ -92,10 +92,30 @@ impl Replayer {
     }
 }
 
+/// Where a journal is read from: the redb file of one machine, or the cluster's store in
+/// etcd.
+pub trait JournalSource {
+    /// Records from `from_seq` (1, or the one after the last of an earlier page) on, about
+    /// `limit` of them.
+    fn read_page(&self, from_seq: u64, limit: usize) -> anyhow::Result<JournalRead>;
+    /// The daemon's metadata under `key`.
+    fn meta_bytes(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>>;
+}
+
+impl JournalSource for Store {
+    fn read_page(&self, from_seq: u64, limit: usize) -> anyhow::Result<JournalRead> {
+        Ok(self.read_journal(from_seq, limit)?)
+    }
+
+    fn meta_bytes(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(self.meta(key)?)
+    }
+}
+
 /// The policy a store's journal was recorded under, if it holds one.
-pub fn recorded_policy(store: &Store) -> anyhow::Result<Option<EngineConfig>> {
+pub fn recorded_policy(store: &impl JournalSource) -> anyhow::Result<Option<EngineConfig>> {
     Ok(store
-        .meta("policy")?
+        .meta_bytes("policy")?
         .map(|bytes| serde_json::from_slice(&bytes))
         .transpose()?)
 }
@@ -116,12 +136,12 @@ impl std::fmt::Display for CutShort {
 /// Every record of the journal from `seq` 1, page by page, until `visit` returns false; where
 /// the read stopped early, if it did.
 pub fn for_each_record(
-    store: &Store,
+    store: &impl JournalSource,
     mut visit: impl FnMut(u64, JournalRecord) -> bool,
 ) -> anyhow::Result<Option<CutShort>> {
     let mut next = 1;
     loop {
-        let page = store.read_journal(next, PAGE)?;
+        let page = store.read_page(next, PAGE)?;
         let count = page.records.len();
         for (seq, record) in page.records {
             next = seq + 1;

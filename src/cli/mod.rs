@@ -26,6 +26,9 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_BAD_INPUT: u8 = 2;
 /// `supervise` handed the agent on: restarting in place cannot help (rung 2 and up).
 pub const EXIT_ESCALATED: u8 = 3;
+/// `serve --etcd`: this controller no longer leads (etcd refused its fenced write, or its
+/// leadership lease expired); a restart campaigns again.
+pub const EXIT_DEPOSED: u8 = 4;
 pub const EXIT_INTERNAL: u8 = 70;
 
 /// Agent-aware placement, density and recovery for fleets of OpenClaw gateways.

@@ -18,14 +18,14 @@ use std::time::{Duration, Instant};
 const TTL: Duration = Duration::from_secs(6);
 
 /// A running `carapace node`, its output lines on a channel; killed (with its pods) on drop.
-struct RunningNode {
-    child: Child,
+pub(crate) struct RunningNode {
+    pub(crate) child: Child,
     lines: mpsc::Receiver<String>,
     cgroup_parent: String,
 }
 
 impl RunningNode {
-    fn start(config: &Path, cgroup_parent: &str) -> RunningNode {
+    pub(crate) fn start(config: &Path, cgroup_parent: &str) -> RunningNode {
         RunningNode::start_with(
             Command::new(env!("CARGO_BIN_EXE_carapace")),
             config,
@@ -65,7 +65,7 @@ impl RunningNode {
     }
 
     /// Waits for an output line containing `needle`; answers it.
-    fn wait_line(&self, needle: &str, within: Duration) -> String {
+    pub(crate) fn wait_line(&self, needle: &str, within: Duration) -> String {
         let deadline = Instant::now() + within;
         let mut seen = Vec::new();
         loop {
@@ -81,7 +81,7 @@ impl RunningNode {
         }
     }
 
-    fn wait_registered(&self, within: Duration) -> i64 {
+    pub(crate) fn wait_registered(&self, within: Duration) -> i64 {
         let line = self.wait_line("registered (epoch", within);
         line.rsplit("epoch ")
             .next()
@@ -426,9 +426,19 @@ impl Loopback {
 }
 
 fn node_file(endpoints: &[String], cgroup_parent: &str, port_base: u16) -> String {
+    named_node_file("n1", endpoints, cgroup_parent, port_base)
+}
+
+/// A node's config file: 4 GiB for pods, 8 pods from `port_base`, a 6 s lease.
+pub(crate) fn named_node_file(
+    name: &str,
+    endpoints: &[String],
+    cgroup_parent: &str,
+    port_base: u16,
+) -> String {
     let endpoints = endpoints.join("\", \"");
     format!(
-        "name = \"n1\"\netcd = [\"{endpoints}\"]\ndata_dir = \"data\"\n\
+        "name = \"{name}\"\netcd = [\"{endpoints}\"]\ndata_dir = \"data\"\n\
          [node]\nmemory = \"4GiB\"\ncgroup_parent = \"{cgroup_parent}\"\n\
          [pods]\nport_base = {port_base}\nport_stride = 10\nmax_pods = 8\n\
          startup_probe_interval = \"50ms\"\nprobe_interval = \"500ms\"\ngrace = \"1s\"\n\

@@ -38,7 +38,7 @@ pub fn run(args: FidelityArgs) -> anyhow::Result<ExitCode> {
         Ok(spec) => spec,
         Err(message) => return bad_input(&message),
     };
-    let config = match super::serve::config::load(&args.config) {
+    let config = match super::serve::config::load(&args.config, None) {
         Ok(config) => config,
         Err(message) => return bad_input(&message),
     };

@@ -120,15 +120,7 @@ pub fn parse(text: &str, path: &Path, etcd: Option<&str>) -> Result<NodeConfigCh
     if let Some(list) = etcd {
         file.etcd = list.split(',').map(|s| s.trim().to_owned()).collect();
     }
-    if file.etcd.is_empty() {
-        return Err(field(
-            "etcd",
-            "no etcd endpoint: list them here or pass --etcd".into(),
-        ));
-    }
-    if let Some(bad) = file.etcd.iter().find(|url| !url.starts_with("http://")) {
-        return Err(field("etcd", format!("`{bad}`: expected http://HOST:PORT")));
-    }
+    crate::cli::serve::config::check_etcd_urls(&file.etcd).map_err(|e| field("etcd", e))?;
     let keys = Keyspace::new(&file.key_root).map_err(|e| field("key_root", e))?;
     if !file.lease.ttl.0.0.is_multiple_of(1_000) || file.lease.ttl.0.0 == 0 {
         return Err(field(

@@ -10,7 +10,7 @@
 
 mod config;
 mod deadband;
-mod protocol;
+pub(crate) mod protocol;
 mod reconcile;
 mod session;
 

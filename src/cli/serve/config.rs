@@ -24,6 +24,85 @@ pub struct ServeConfig {
     /// What a blank instance of the warm pool runs (`policy.placement.warm_pool_per_node`).
     #[serde(default)]
     pub warm_pool: Option<WarmPoolConfig>,
+    /// Set to run as one of a cluster's controller replicas (`serve --etcd`): the store is
+    /// etcd, the pods run on `carapace node` machines, and only the elected leader decides.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The etcd members' client URLs (`http://HOST:PORT`); `--etcd` sets them.
+    pub etcd: Vec<String>,
+    /// The cluster's root in etcd's keyspace: the nodes' `key_root`.
+    pub key_root: String,
+    /// The leadership lease: a leader that dies is replaced this long after its last renewal.
+    pub leader_ttl: Span,
+    /// How long one etcd call may take before the next member is tried.
+    pub call_timeout: Span,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            etcd: Vec::new(),
+            key_root: "/carapace/".to_owned(),
+            leader_ttl: Span(carapace_engine::Millis(10_000)),
+            call_timeout: Span(carapace_engine::Millis(2_000)),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Checks the cluster table; the error names the field under `cluster.`.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        check_etcd_urls(&self.etcd).map_err(|e| format!("field `cluster.etcd`: {e}"))?;
+        carapace_cluster::keys::Keyspace::new(&self.key_root)
+            .map_err(|e| format!("field `cluster.key_root`: {e}"))?;
+        let ttl = self.leader_ttl.0.0;
+        if ttl == 0 || !ttl.is_multiple_of(1_000) {
+            return Err(
+                "field `cluster.leader_ttl`: etcd counts leases in whole seconds: use e.g. \"10s\""
+                    .into(),
+            );
+        }
+        if self.call_timeout.0.0 == 0 || self.call_timeout.0.0 * 3 > ttl {
+            return Err(
+                "field `cluster.call_timeout`: must be above 0 and at most a third of \
+                 cluster.leader_ttl, so that a renewal can be tried again before the lease ends"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Checks the `[cluster]` table, if there is one, and what cluster mode rules out.
+pub(crate) fn check_cluster(config: &ServeConfig) -> Result<(), String> {
+    let Some(cluster) = &config.cluster else {
+        return Ok(());
+    };
+    cluster.check()?;
+    if config.warm_pool.is_some() || config.policy.placement.warm_pool_per_node != 0 {
+        return Err(
+            "field `warm_pool`: the nodes of a cluster keep no warm pool yet; remove \
+             [warm_pool] and policy.placement.warm_pool_per_node"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// etcd client URLs: at least one, each `http://HOST:PORT`.
+pub(crate) fn check_etcd_urls(urls: &[String]) -> Result<(), String> {
+    if urls.is_empty() {
+        return Err("no etcd endpoint: list them here or pass --etcd".into());
+    }
+    match urls.iter().find(|url| !url.starts_with("http://")) {
+        Some(bad) => Err(format!("`{bad}`: expected http://HOST:PORT")),
+        None => Ok(()),
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -133,14 +212,27 @@ fn default_policy() -> EngineConfig {
 }
 
 /// Reads and checks a config file; errors name the file, line, column and field.
-pub fn load(path: &Path) -> Result<ServeConfig, String> {
+/// Reads and checks a config file; `etcd` (the `--etcd` flag: comma-separated URLs) turns
+/// cluster mode on, or replaces the file's `cluster.etcd`.
+pub fn load(path: &Path, etcd: Option<&str>) -> Result<ServeConfig, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    parse(&text, path)
+    parse_with(&text, path, etcd)
 }
 
 /// Parses and checks config text; `path` names it in errors and anchors relative paths.
+#[cfg(test)]
 pub fn parse(text: &str, path: &Path) -> Result<ServeConfig, String> {
+    parse_with(text, path, None)
+}
+
+fn parse_with(text: &str, path: &Path, etcd: Option<&str>) -> Result<ServeConfig, String> {
     let mut config: ServeConfig = deserialize_toml(text, path)?;
+    if let Some(list) = etcd {
+        config
+            .cluster
+            .get_or_insert_with(ClusterConfig::default)
+            .etcd = list.split(',').map(|s| s.trim().to_owned()).collect();
+    }
     if config.policy.placement.warm_pool_per_node != 0 && config.warm_pool.is_none() {
         return Err(format!(
             "{}: field `policy.placement.warm_pool_per_node`: a warm pool needs a [warm_pool] \
@@ -172,6 +264,7 @@ pub fn parse(text: &str, path: &Path) -> Result<ServeConfig, String> {
             path.display()
         ));
     }
+    check_cluster(&config).map_err(|e| format!("{}: {e}", path.display()))?;
     let base = directory_of(path);
     if config.data_dir.is_relative() {
         config.data_dir = base.join(&config.data_dir);
@@ -297,7 +390,7 @@ mod tests {
     #[test]
     fn a_minimal_file_gets_loopback_and_paths_under_the_data_dir() {
         let (dir, path) = write("data_dir = \"data\"\n");
-        let config = load(&path).expect("loads");
+        let config = load(&path, None).expect("loads");
         assert!(config.api.listen.ip().is_loopback());
         assert_eq!(config.data_dir, dir.join("data"));
         assert_eq!(config.api.token_file, dir.join("data/token"));
@@ -307,15 +400,15 @@ mod tests {
     #[test]
     fn errors_name_the_file_the_line_and_the_field() {
         let (dir, path) = write("data_dir = \"d\"\n[pods]\nprobe_interval = \"5 fortnights\"\n");
-        let error = load(&path).expect_err("a bad duration");
+        let error = load(&path, None).expect_err("a bad duration");
         assert!(error.contains("carapace.toml"), "{error}");
         assert!(error.contains("pods.probe_interval"), "{error}");
         assert!(error.contains("line 3"), "{error}");
         let (dir2, path) = write("data_dir = \"d\"\n[policy.recovery]\nknown_good_dwel_ms = 5\n");
-        let error = load(&path).expect_err("an unknown field");
+        let error = load(&path, None).expect_err("an unknown field");
         assert!(error.contains("known_good_dwel_ms"), "{error}");
         let (dir3, path) = write("data_dir = \"d\"\n[pods]\nport_base = 65000\nmax_pods = 100\n");
-        let error = load(&path).expect_err("ports past 65535");
+        let error = load(&path, None).expect_err("ports past 65535");
         assert!(error.contains("65535"), "{error}");
         for dir in [dir, dir2, dir3] {
             std::fs::remove_dir_all(dir).ok();
@@ -328,7 +421,7 @@ mod tests {
         #[test]
         fn any_text_loads_or_is_refused_naming_the_file(text in "\\PC{0,200}") {
             let (dir, path) = write(&text);
-            if let Err(error) = load(&path) {
+            if let Err(error) = load(&path, None) {
                 prop_assert!(error.contains("carapace.toml"), "{}", error);
             }
             std::fs::remove_dir_all(dir).ok();
@@ -342,7 +435,7 @@ mod tests {
             let valid = "data_dir = \"d\"\n[api]\nlisten = \"127.0.0.1:7878\"\n[pods]\nport_base = 28800\nprobe_interval = \"1s\"\n[policy.recovery]\nknown_good_dwell_ms = 1000\n";
             let cut = cut.min(valid.len());
             let (dir, path) = write(&format!("{}{junk}", &valid[..cut]));
-            let _ = load(&path);
+            let _ = load(&path, None);
             std::fs::remove_dir_all(dir).ok();
         }
     }

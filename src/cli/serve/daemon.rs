@@ -10,13 +10,14 @@
 use super::agents::AgentRecord;
 use super::clock::DaemonClock;
 use super::driver::ProcessDriver;
+use super::durable::Durable;
 use super::feed::{FeedEntry, FeedKind, describe};
 use crate::cli::journal::{command_kind, recorded_policy};
 use carapace_engine::{
     AgentId, Command, CommandId, Controller, EngineConfig, EngineError, Input, Instance, Millis,
     NodeId, NodeSpec, Outcome, PostMortem, RegionId, ZoneId,
 };
-use carapace_store::{Batch, JournalEntry, JournalRecord, Store};
+use carapace_store::{Batch, JournalEntry, JournalRecord};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 
@@ -52,7 +53,9 @@ pub struct Replayed {
 #[derive(Debug)]
 pub struct Daemon {
     pub controller: Controller,
-    pub(super) store: Store,
+    pub(super) store: Durable,
+    /// Set in cluster mode (`serve --etcd`): the nodes and the link to them.
+    pub(super) cluster: Option<super::cluster::Cluster>,
     pub clock: DaemonClock,
     pub driver: ProcessDriver,
     pub agents: BTreeMap<AgentId, AgentRecord>,
@@ -84,13 +87,16 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Opens the store, replays its journal, and joins this machine as the engine's node.
+    /// Opens the store and replays its journal. On one machine (`local_node_memory_bytes`
+    /// given) the machine joins as the engine's one node; in a cluster (`cluster` given) the
+    /// nodes are the registrations etcd holds.
     pub fn open(
-        store: Store,
+        store: Durable,
         policy: EngineConfig,
-        node_memory_bytes: u64,
+        local_node_memory_bytes: Option<u64>,
         driver: ProcessDriver,
         vault: super::secrets::Vault,
+        cluster: Option<super::cluster::Cluster>,
     ) -> anyhow::Result<Daemon> {
         let recorded = recorded_policy(&store)?;
         if let Some(recorded) = &recorded
@@ -105,6 +111,7 @@ impl Daemon {
             store,
             clock,
             driver,
+            cluster,
             agents: BTreeMap::new(),
             names: BTreeMap::new(),
             keys: super::tenants::Keys::default(),
@@ -126,18 +133,23 @@ impl Daemon {
         };
         daemon.load_desired()?;
         daemon.replay()?;
+        if let Some(cluster) = &mut daemon.cluster {
+            cluster.replaying = false;
+        }
         daemon.clock = DaemonClock::new(daemon.store.epoch_unix_ms(), daemon.controller.now());
         if recorded.is_none() {
             let mut batch = Batch::new();
             batch.put_meta("policy", &serde_json::to_vec(&policy)?);
             daemon.store.commit(batch)?;
         }
-        if daemon.controller.node(LOCAL_NODE).is_none() {
+        if let Some(memory) = local_node_memory_bytes
+            && daemon.controller.node(LOCAL_NODE).is_none()
+        {
             let spec = NodeSpec {
                 id: LOCAL_NODE,
                 region: RegionId(0),
                 zone: ZoneId(0),
-                memory_bytes_capacity: node_memory_bytes,
+                memory_bytes_capacity: memory,
             };
             daemon.apply(Input::JoinNode(spec), Batch::new())?;
         }
@@ -172,7 +184,7 @@ impl Daemon {
         for (id, cursor) in self.store.desired::<Cursor>(CURSORS)? {
             self.cursors.insert(AgentId(id as u32), cursor);
         }
-        Ok(())
+        self.load_members()
     }
 
     // The engine.
@@ -214,11 +226,7 @@ impl Daemon {
             ));
         }
         let records = batch.journal_records() as u64;
-        // The engine has moved on: a journal that cannot be written is a broken invariant
-        // of this daemon, which must stop rather than act on decisions it cannot replay.
-        self.store
-            .commit(batch)
-            .unwrap_or_else(|e| panic!("invariant: the journal accepts every step: {e}"));
+        self.commit_or_stop(batch);
         self.journal_records += records;
         for command in commands {
             self.note_issued(now, &command);
@@ -227,8 +235,24 @@ impl Daemon {
         Ok(())
     }
 
+    /// Commits a step the engine has taken. The engine has moved on: a journal that cannot
+    /// be written is a broken invariant of this daemon, which must stop rather than act on
+    /// decisions it cannot replay; and a controller that no longer leads stops deciding —
+    /// the next leader replays the journal as it stands in etcd.
+    pub(super) fn commit_or_stop(&mut self, batch: Batch) {
+        match self.store.commit(batch) {
+            Ok(_) => {}
+            Err(error) if error.deposed() => {
+                eprintln!("carapace serve: {error}; stopping (a restart campaigns again)");
+                std::process::exit(i32::from(crate::cli::EXIT_DEPOSED));
+            }
+            Err(error) => panic!("invariant: the journal accepts every step: {error}"),
+        }
+    }
+
     /// Bookkeeping of a command, live or replayed.
     pub(super) fn note_issued(&mut self, at: Millis, command: &Command) {
+        self.note_placed(command);
         if let Some(id) = command.id() {
             self.in_flight.insert(id, command.clone());
         }
@@ -270,7 +294,10 @@ impl Daemon {
             }
             Some(Command::Stop {
                 agent, instance, ..
-            }) => self.driver.release_port(agent, instance),
+            }) => {
+                self.driver.release_port(agent, instance);
+                self.note_unplaced(agent, instance);
+            }
             _ => {}
         }
     }
@@ -306,8 +333,18 @@ impl Daemon {
         self.feed.push_back(entry);
     }
 
-    /// Carries one command out through the driver.
+    /// Carries one command out: through this machine's process driver, or as assignments to
+    /// the cluster's nodes.
     pub(super) fn execute(&mut self, command: Command) {
+        if self.cluster.is_some() {
+            self.execute_on_cluster(command);
+        } else {
+            self.execute_local(command);
+        }
+    }
+
+    /// Carries one command out through this machine's process driver.
+    pub(super) fn execute_local(&mut self, command: Command) {
         match command {
             Command::Start {
                 id,

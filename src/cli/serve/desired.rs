@@ -131,9 +131,14 @@ impl Daemon {
         Ok(())
     }
 
-    /// The store file, as `carapace replay` takes it.
-    pub fn store_path(&self) -> &std::path::Path {
-        self.store.path()
+    /// The command that replays the journal up to `until_ms`, where `carapace replay` can read
+    /// it (a redb file; not yet a cluster's journal in etcd).
+    pub fn replay_command(&self, until_ms: u64) -> Option<String> {
+        let path = self.store.replay_path()?;
+        Some(format!(
+            "carapace replay {} --until {until_ms}",
+            path.display()
+        ))
     }
 
     /// The agent `name` in `tenant`'s namespace. Another tenant's agent of that name is not

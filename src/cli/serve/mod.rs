@@ -6,11 +6,13 @@ mod actions;
 pub(crate) mod agents;
 mod api;
 mod clock;
+mod cluster;
 pub(crate) mod config;
 mod daemon;
 mod dashboard;
 mod desired;
 pub(crate) mod driver;
+mod durable;
 mod feed;
 mod incidents;
 mod memory;
@@ -35,13 +37,17 @@ use tokio::sync::mpsc;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// The daemon's config file (TOML): data_dir, [api], [node], [pods], [policy].
+    /// The daemon's config file (TOML): data_dir, [api], [node], [pods], [policy], [cluster].
     #[arg(long)]
     config: PathBuf,
+    /// Run as one of a cluster's controller replicas, with these etcd members' client URLs
+    /// (comma-separated; sets the file's `cluster.etcd`).
+    #[arg(long)]
+    etcd: Option<String>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let config = match config::load(&args.config) {
+    let config = match config::load(&args.config, args.etcd.as_deref()) {
         Ok(config) => config,
         Err(message) => {
             eprintln!("carapace serve: {message}");
@@ -75,12 +81,28 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             eprintln!("carapace serve: {}: {error}", args.config.display());
             Ok(ExitCode::from(EXIT_BAD_INPUT))
         }
+        Err(error) if error.is::<cluster::Deposed>() => {
+            eprintln!("carapace serve: {error}; stopping (a restart campaigns again)");
+            Ok(ExitCode::from(super::EXIT_DEPOSED))
+        }
         Err(error) => Err(error),
+    }
+}
+
+/// The next news of the cluster link; never, on one machine.
+async fn cluster_news(
+    news: &mut Option<tokio::sync::mpsc::UnboundedReceiver<cluster::link::News>>,
+) -> Option<cluster::link::News> {
+    match news {
+        Some(news) => news.recv().await,
+        None => std::future::pending().await,
     }
 }
 
 async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
+    let shutdown = crate::cli::shutdown_signal()?;
+    tokio::pin!(shutdown);
     let token = read_or_create_token(&config.api.token_file)?;
     let (reports_tx, mut reports) = mpsc::channel(1024);
     let settings = PodSettings {
@@ -114,14 +136,75 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     let now_unix_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as u64;
-    let store = carapace_store::Store::open(&config.data_dir.join("carapace.redb"), now_unix_ms)?;
-    let memory = match config.node.memory {
-        Some(bytes) => bytes.0,
-        None => machine_memory_bytes()?,
-    };
     let vault = secrets::Vault::open_or_create(&config.api.secrets_key_file)
         .map_err(|message| anyhow::anyhow!(message))?;
-    let mut daemon = Daemon::open(store, config.policy.clone(), memory, driver, vault)?;
+    let mut leading = None;
+    let mut news = None;
+    let mut daemon = match &config.cluster {
+        None => {
+            let store =
+                carapace_store::Store::open(&config.data_dir.join("carapace.redb"), now_unix_ms)?;
+            let memory = match config.node.memory {
+                Some(bytes) => bytes.0,
+                None => machine_memory_bytes()?,
+            };
+            let store = durable::Durable::Local(store);
+            Daemon::open(
+                store,
+                config.policy.clone(),
+                Some(memory),
+                driver,
+                vault,
+                None,
+            )?
+        }
+        Some(cluster_config) => {
+            // Tests and scripts wait for these lines.
+            println!("carapace serve: standby: campaigning for leadership in etcd");
+            let candidate = format!("{} pid {}", config.api.listen, std::process::id());
+            let cluster_config = cluster_config.clone();
+            let campaign =
+                tokio::task::spawn_blocking(move || cluster::campaign(&cluster_config, &candidate));
+            let led = tokio::select! {
+                () = &mut shutdown => {
+                    eprintln!("carapace serve: stopping while standby");
+                    return Ok(());
+                }
+                led = campaign => led??,
+            };
+            println!(
+                "carapace serve: leading (leadership revision {})",
+                led.leadership.revision
+            );
+            let journal = carapace_cluster::journal::EtcdJournal::open(
+                led.client.clone(),
+                led.keys.root(),
+                led.leadership.clone(),
+                now_unix_ms,
+            )?;
+            let link = cluster::link::Link::start(
+                &cluster::link::LinkSettings {
+                    client: led.client.clone(),
+                    keys: led.keys.clone(),
+                    leadership: led.leadership.clone(),
+                },
+                &led.news,
+            );
+            let cluster = cluster::Cluster::new(link);
+            let store = durable::Durable::Cluster(journal);
+            let daemon = Daemon::open(
+                store,
+                config.policy.clone(),
+                None,
+                driver,
+                vault,
+                Some(cluster),
+            )?;
+            news = Some(led.news_received);
+            leading = Some((led.client, led.leadership));
+            daemon
+        }
+    };
     if let Some(dropped) = &daemon.replayed.dropped {
         eprintln!("carapace serve: WARNING: the journal was cut short: {dropped}");
     }
@@ -159,8 +242,6 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     let alerts_file = config.api.alerts_file.clone();
     let webhook = config.api.alert_webhook.clone();
     let mut alerts_written = daemon.alerts.len();
-    let shutdown = crate::cli::shutdown_signal()?;
-    tokio::pin!(shutdown);
     loop {
         let deadline = daemon
             .controller
@@ -169,6 +250,7 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         tokio::select! {
             () = &mut shutdown => break,
             Some(report) = reports.recv() => daemon.on_report(report),
+            Some(news) = cluster_news(&mut news) => daemon.on_cluster_news(news)?,
             Some((caller, request, reply)) = requests.recv() => {
                 let _ = reply.send(answer(&mut daemon, caller, request));
             }
@@ -183,6 +265,9 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     // Pods keep running without the daemon: rung 1 is theirs, and a restarted daemon
     // reattaches to them.
     eprintln!("carapace serve: stopping; pods keep running");
+    if let Some((client, leadership)) = leading {
+        tokio::task::spawn_blocking(move || cluster::step_down(&client, &leadership)).await?;
+    }
     Ok(())
 }
 
@@ -267,15 +352,13 @@ fn answer(daemon: &mut Daemon, caller: Caller, request: Request) -> api::Answer 
                 .feed
                 .iter()
                 .filter(|e| caller == Caller::Admin || e.tenant.is_some_and(|t| caller.sees(t)));
-            let store = daemon.store_path().display().to_string();
             let incidents: Vec<Value> = incidents::incidents(seen)
                 .into_iter()
                 .map(|incident| {
                     // The journal up to the incident's end replays every decision it saw.
                     let until = incident.recovered_at_ms.unwrap_or(daemon.clock.now().0);
                     let mut view = json!(incident);
-                    view["replay_command"] =
-                        json!(format!("carapace replay {store} --until {until}"));
+                    view["replay_command"] = json!(daemon.replay_command(until));
                     view
                 })
                 .collect();
@@ -299,6 +382,7 @@ fn answer(daemon: &mut Daemon, caller: Caller, request: Request) -> api::Answer 
                 .collect();
             Ok(json!({ "alerts": alerts }))
         }
+        Request::Nodes if daemon.cluster.is_some() => Ok(daemon.cluster_nodes_view()),
         Request::Nodes => {
             let node = daemon
                 .controller
@@ -357,6 +441,9 @@ fn agent_view(daemon: &Daemon, id: carapace_engine::AgentId) -> Value {
         view["latest_snapshot"] = json!(status.latest_snapshot.map(|s| s.0));
         view["rung"] = json!(status.rung);
         view["node"] = json!(status.node.map(|n| n.0));
+        if let (Some(cluster), Some(node)) = (&daemon.cluster, status.node) {
+            view["node_name"] = json!(cluster.members.get(&node).map(|m| &m.name));
+        }
         view["reservation_bytes"] = json!(status.reservation_bytes);
         let dir = daemon.driver.pod_dir(id, status.instance);
         if dir.root().exists() {
@@ -417,11 +504,7 @@ fn versions_view(daemon: &Daemon, id: carapace_engine::AgentId) -> Value {
 /// alert, so the incident can be reproduced and its decisions checked.
 fn alert_view(daemon: &Daemon, post_mortem: &carapace_engine::PostMortem) -> Value {
     let mut view = json!(post_mortem);
-    view["replay_command"] = json!(format!(
-        "carapace replay {} --until {}",
-        daemon.store_path().display(),
-        post_mortem.at.0
-    ));
+    view["replay_command"] = json!(daemon.replay_command(post_mortem.at.0));
     view
 }
 

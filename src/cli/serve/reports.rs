@@ -160,9 +160,7 @@ impl Daemon {
         };
         if inputs.is_empty() {
             // Only the cursor moves.
-            self.store
-                .commit(batch)
-                .unwrap_or_else(|e| panic!("invariant: the store accepts a cursor: {e}"));
+            self.commit_or_stop(batch);
             return Ok(());
         }
         let mut first = Some(batch);
@@ -173,9 +171,7 @@ impl Daemon {
             }
         }
         if let Some(batch) = first {
-            self.store
-                .commit(batch)
-                .unwrap_or_else(|e| panic!("invariant: the store accepts a cursor: {e}"));
+            self.commit_or_stop(batch);
         }
         Ok(())
     }
