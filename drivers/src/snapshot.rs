@@ -200,12 +200,95 @@ impl Store {
         Ok(manifest)
     }
 
+    /// Whether `version` is in the store (its manifest is written last, so a version that is
+    /// there is whole).
+    #[must_use]
+    pub fn has(&self, version: u32) -> bool {
+        self.manifest_path(version).exists()
+    }
+
+    /// Copies `version` into `to`: the objects `to` lacks, each checked against its hash (a
+    /// damaged object is never spread), then the manifest, last, so that `to` holds the whole
+    /// version or none of it. Answers the bytes copied.
+    pub fn copy_version(&self, version: u32, to: &Store) -> Result<u64, SnapshotError> {
+        let manifest = self.manifest(version)?;
+        let mut copied = 0;
+        for entry in &manifest.files {
+            let target = to.object_path(&entry.blake3);
+            if target.exists() {
+                continue;
+            }
+            let object = self.object_path(&entry.blake3);
+            let bytes = std::fs::read(&object).map_err(io(&object))?;
+            if blake3::hash(&bytes).to_hex().as_str() != entry.blake3 {
+                return Err(SnapshotError::Corrupt { path: object });
+            }
+            write_atomically(&target, &bytes)?;
+            copied += bytes.len() as u64;
+        }
+        if !to.has(version) {
+            let json = serde_json::to_vec_pretty(&manifest).expect("a manifest serialises");
+            write_atomically(&to.manifest_path(version), &json)?;
+        }
+        Ok(copied)
+    }
+
     fn manifest_path(&self, version: u32) -> PathBuf {
         self.root.join("manifests").join(format!("{version}.json"))
     }
 
     fn object_path(&self, hash: &str) -> PathBuf {
         self.root.join("objects").join(&hash[..2]).join(&hash[2..])
+    }
+}
+
+/// Copies of agents' snapshot stores in directories every node mounts (a network
+/// filesystem, say), so that a version outlives the machine that took it. Each agent's
+/// copy is `ROOT/AGENT/`, a store of its own.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Replicas {
+    roots: Vec<PathBuf>,
+}
+
+impl Replicas {
+    #[must_use]
+    pub fn new(roots: Vec<PathBuf>) -> Replicas {
+        Replicas { roots }
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.roots.is_empty()
+    }
+
+    /// Copies `version` of `local` (the store of agent `agent`) to every replica. An error
+    /// means some replica does not hold it: the version is not as safe as asked.
+    pub fn push(&self, local: &Store, agent: u32, version: u32) -> Result<(), SnapshotError> {
+        for root in &self.roots {
+            let replica = Store::open(root.join(agent.to_string()))?;
+            local.copy_version(version, &replica)?;
+        }
+        Ok(())
+    }
+
+    /// Makes sure `local` holds `version`, copying it from the first replica that holds it
+    /// whole and sound; answers whether `local` holds it now.
+    pub fn pull(&self, local: &Store, agent: u32, version: u32) -> Result<bool, SnapshotError> {
+        if local.has(version) {
+            return Ok(true);
+        }
+        let mut last_error = None;
+        for root in &self.roots {
+            let replica = Store::open(root.join(agent.to_string()))?;
+            if !replica.has(version) {
+                continue;
+            }
+            match replica.copy_version(version, local) {
+                Ok(_) => return Ok(true),
+                Err(error) => last_error = Some(error),
+            }
+        }
+        last_error.map_or(Ok(false), Err)
     }
 }
 
@@ -289,6 +372,51 @@ mod tests {
             .flatten()
             .map(|d| std::fs::read_dir(d.path()).unwrap().count())
             .sum()
+    }
+
+    #[test]
+    fn a_version_pushed_to_replicas_restores_from_them_once_its_machine_is_gone() {
+        let dir = Dir::new("replicas");
+        let state = dir.0.join("state");
+        write(&state, "openclaw.json", "{}");
+        write(&state, "state/db", "rows");
+        let local = Store::open(dir.0.join("local")).unwrap();
+        local.take(&state, 3, &DEFAULT_EXCLUDES).unwrap();
+        let replicas = Replicas::new(vec![dir.0.join("r1"), dir.0.join("r2")]);
+        replicas.push(&local, 7, 3).unwrap();
+        // Pushing again copies nothing new and is no error.
+        replicas.push(&local, 7, 3).unwrap();
+        assert!(Store::open(dir.0.join("r2/7")).unwrap().has(3));
+
+        // The machine is gone: another one's empty store pulls the version and restores it.
+        std::fs::remove_dir_all(dir.0.join("local")).unwrap();
+        let elsewhere = Store::open(dir.0.join("elsewhere")).unwrap();
+        assert!(replicas.pull(&elsewhere, 7, 3).unwrap());
+        assert!(
+            !replicas.pull(&elsewhere, 7, 4).unwrap(),
+            "no replica has 4"
+        );
+        let restored = dir.0.join("restored");
+        elsewhere.restore(3, &restored).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(restored.join("state/db")).unwrap(),
+            "rows"
+        );
+
+        // A damaged object in one replica is never copied; the other replica serves.
+        let r1 = dir.0.join("r1/7/objects");
+        let damaged = std::fs::read_dir(&r1)
+            .unwrap()
+            .flatten()
+            .next()
+            .unwrap()
+            .path();
+        for object in std::fs::read_dir(&damaged).unwrap().flatten() {
+            std::fs::write(object.path(), "garbage").unwrap();
+        }
+        let third = Store::open(dir.0.join("third")).unwrap();
+        assert!(replicas.pull(&third, 7, 3).unwrap());
+        third.restore(3, &dir.0.join("again")).unwrap();
     }
 
     #[test]

@@ -172,8 +172,13 @@ fn controller_file(scratch: &Scratch, name: &str, port: u16, shared: &Path) -> P
              [api]\nlisten = \"127.0.0.1:{port}\"\n\
              token_file = \"{shared}/token\"\nsecrets_key_file = \"{shared}/secrets.key\"\n\
              [cluster]\nleader_ttl = \"{}s\"\ncall_timeout = \"1s\"\n\
-             [pods]\n{TEST_PODS}\n{TEST_POLICY}\n",
-            LEADER_TTL.as_secs()
+             [pods]\n{TEST_PODS}\n{policy}\n",
+            LEADER_TTL.as_secs(),
+            // Snapshots every 2 s, so that one is taken soon after the agent's state changes.
+            policy = TEST_POLICY.replace(
+                "snapshot_interval_ms = 600000",
+                "snapshot_interval_ms = 2000"
+            ),
         ),
     )
 }
@@ -198,6 +203,29 @@ fn assignments(client: &Client, keys: &Keyspace) -> BTreeMap<u64, Vec<String>> {
             .push(node);
     }
     out
+}
+
+/// A test agent's own HTTP API, on node `node`'s pod of `view`'s instance.
+fn call_agent(scratch: &Scratch, node: &str, view: &Value, method: &str, path: &str) -> Value {
+    let pod = scratch
+        .path()
+        .join(node)
+        .join("data/pods")
+        .join(view["id"].as_u64().unwrap().to_string())
+        .join(view["instance"].as_u64().unwrap().to_string());
+    let port = std::fs::read_to_string(pod.join("port"))
+        .unwrap_or_else(|e| panic!("{}: {e}", pod.display()));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    let url = format!("http://127.0.0.1:{}{path}", port.trim());
+    let mut response = match method {
+        "GET" => agent.get(&url).call(),
+        _ => agent.post(&url).send_empty(),
+    }
+    .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap()
 }
 
 /// Kills a node's daemon and every pod it ran, as a machine dying does.
@@ -242,7 +270,13 @@ fn a_lost_node_s_agents_run_elsewhere_and_a_standby_controller_takes_over_withou
         let dir = scratch.path().join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("node.toml");
-        std::fs::write(&config, named_node_file(name, &endpoints, &parent, ports)).unwrap();
+        // Two replica directories every node reaches (as two network mounts would be).
+        let replicas = format!(
+            "snapshot_replicas = [\"{0}/replica-a\", \"{0}/replica-b\"]\n[lease]",
+            shared.display()
+        );
+        let text = named_node_file(name, &endpoints, &parent, ports).replace("[lease]", &replicas);
+        std::fs::write(&config, text).unwrap();
         let node = RunningNode::start(&config, &parent);
         node.wait_registered(Duration::from_secs(20));
         nodes.insert(name.to_owned(), node);
@@ -279,9 +313,28 @@ fn a_lost_node_s_agents_run_elsewhere_and_a_standby_controller_takes_over_withou
         "{nodes_view}"
     );
 
+    // a1's state changes, and a snapshot is taken after the change (and copied to both
+    // replicas before it counts as taken).
+    let victim = views["a1"]["node_name"].as_str().unwrap().to_owned();
+    let before = first.api("GET", "/v1/agents/a1", None)["latest_snapshot"].as_u64();
+    assert_eq!(
+        call_agent(&scratch, &victim, &views["a1"], "POST", "/turn")["turns"],
+        1
+    );
+    let snapshotted = first.wait_all(&["a1"], Duration::from_secs(20), "snapshotted", |v| {
+        v["a1"]["latest_snapshot"].as_u64() > before
+    });
+    let snapshot = snapshotted["a1"]["latest_snapshot"].as_u64().unwrap();
+    for replica in ["replica-a", "replica-b"] {
+        let manifest = shared
+            .join(replica)
+            .join(views["a1"]["id"].to_string())
+            .join(format!("manifests/{snapshot}.json"));
+        assert!(manifest.exists(), "{} is missing", manifest.display());
+    }
+
     // A node host dies: its lease expires, the engine loses the node, and its agents run
     // again on the other one.
-    let victim = views["a1"]["node_name"].as_str().unwrap().to_owned();
     let survivor = if victim == "n1" { "n2" } else { "n1" };
     let on_victim: Vec<&str> = names
         .iter()
@@ -304,6 +357,12 @@ fn a_lost_node_s_agents_run_elsewhere_and_a_standby_controller_takes_over_withou
             moved[*name]
         );
     }
+    // State intact: the snapshot taken on the lost node came from a replica.
+    assert_eq!(
+        call_agent(&scratch, survivor, &moved["a1"], "GET", "/state")["turns"],
+        1,
+        "a1 lost its state with its node"
+    );
     let placed = assignments(&client, &keys);
     assert!(
         placed.values().all(|nodes| nodes == &[survivor.to_owned()]),

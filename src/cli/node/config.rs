@@ -145,6 +145,7 @@ pub fn parse(text: &str, path: &Path, etcd: Option<&str>) -> Result<NodeConfigCh
         ));
     }
     file.pods.check().map_err(|e| field("pods", e))?;
+    file.pods.anchor(&directory_of(path));
     if file.data_dir.is_relative() {
         file.data_dir = directory_of(path).join(&file.data_dir);
     }

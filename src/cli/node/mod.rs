@@ -77,6 +77,8 @@ struct Node {
     /// Instances whose supervisor ended on its own (lost, or escalated and stopped): not
     /// started again under the same assignment; the leader decides what follows.
     ended: BTreeMap<AgentId, Instance>,
+    /// Snapshot orders carried out (or under way), answered once each.
+    taken: std::collections::BTreeSet<CommandId>,
     next_local_command: u64,
     memory: deadband::MemoryFilter,
     band: deadband::Deadband,
@@ -98,6 +100,7 @@ async fn node(config: NodeConfigChecked) -> anyhow::Result<()> {
         port_stride: file.pods.port_stride,
         max_pods: file.pods.max_pods,
         fence: Some(file.data_dir.join(FENCE_FILE)),
+        replicas: file.pods.replicas(),
     };
     let driver = ProcessDriver::new(
         file.data_dir.clone(),
@@ -137,6 +140,7 @@ async fn node(config: NodeConfigChecked) -> anyhow::Result<()> {
         assigned: BTreeMap::new(),
         stops: BTreeMap::new(),
         ended: BTreeMap::new(),
+        taken: std::collections::BTreeSet::new(),
         next_local_command: 0,
         memory: deadband::MemoryFilter::default(),
         band: deadband::Deadband {
@@ -364,6 +368,21 @@ impl Node {
                     self.stop(command, agent, instance, snapshot);
                 }
             }
+        }
+        // An order no assignment carries any more cannot come again.
+        let ordered: std::collections::BTreeSet<CommandId> = self
+            .assigned
+            .values()
+            .filter_map(|a| a.take_snapshot.map(|o| o.command))
+            .collect();
+        self.taken.retain(|command| ordered.contains(command));
+        for (agent, instance, order) in
+            reconcile::snapshots_due(epoch, &self.assigned, &self.pods, &self.taken)
+        {
+            tracing::info!(%agent, %instance, snapshot = order.snapshot.0, "taking a snapshot");
+            self.taken.insert(order.command);
+            self.driver
+                .snapshot(order.command, agent, instance, order.snapshot);
         }
     }
 

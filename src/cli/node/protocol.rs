@@ -43,6 +43,16 @@ pub struct Assignment {
     /// Set when the leader wants the pod stopped (and snapshotted).
     #[serde(default)]
     pub stop: Option<StopOrder>,
+    /// Set when the leader wants a snapshot of the running pod; answered once, by command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub take_snapshot: Option<SnapshotOrder>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotOrder {
+    pub command: CommandId,
+    pub snapshot: SnapshotId,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

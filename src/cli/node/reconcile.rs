@@ -1,10 +1,10 @@
 //! What a node must do to make its pods match its assignments: pure, so every case is tested
 //! without a process.
 
-use super::protocol::Assignment;
+use super::protocol::{Assignment, SnapshotOrder};
 use carapace_cluster::Revision;
 use carapace_engine::{AgentId, CommandId, Instance, SnapshotId};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A pod this node runs, as the node keeps track of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +75,27 @@ pub fn reconcile(
     actions
 }
 
+/// The snapshots the leader ordered of pods that run here as assigned and that are not in
+/// `taken` (ordered before): each is taken once.
+pub fn snapshots_due(
+    epoch: Revision,
+    assigned: &BTreeMap<AgentId, Assignment>,
+    pods: &BTreeMap<AgentId, Pod>,
+    taken: &BTreeSet<CommandId>,
+) -> Vec<(AgentId, Instance, SnapshotOrder)> {
+    assigned
+        .iter()
+        .filter_map(|(agent, a)| {
+            let order = a.take_snapshot?;
+            let runs = pods
+                .get(agent)
+                .is_some_and(|p| p.instance == a.instance && !p.stopping);
+            (a.epoch == epoch && a.stop.is_none() && runs && !taken.contains(&order.command))
+                .then_some((*agent, a.instance, order))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +123,7 @@ mod tests {
             config_text: None,
             snapshot: None,
             stop: None,
+            take_snapshot: None,
         }
     }
 
@@ -225,5 +247,49 @@ mod tests {
             )),
             ["start 1 2"]
         );
+    }
+
+    #[test]
+    fn a_snapshot_order_is_taken_once_of_the_running_assigned_instance_only() {
+        let order = SnapshotOrder {
+            command: CommandId(50),
+            snapshot: SnapshotId(2),
+        };
+        let mut ordered = assignment(1, 7, 1);
+        ordered.take_snapshot = Some(order);
+        let pods = running(&[(1, 1, false)]);
+        let none = BTreeSet::new();
+        let due = snapshots_due(7, &assigned(std::slice::from_ref(&ordered)), &pods, &none);
+        assert_eq!(due, [(AgentId(1), Instance(1), order)]);
+        let taken = BTreeSet::from([CommandId(50)]);
+        assert!(
+            snapshots_due(7, &assigned(std::slice::from_ref(&ordered)), &pods, &taken).is_empty()
+        );
+        // Not of another epoch, another instance, a stopping pod or a pod not running.
+        assert!(
+            snapshots_due(8, &assigned(std::slice::from_ref(&ordered)), &pods, &none).is_empty()
+        );
+        let stopping = running(&[(1, 1, true)]);
+        assert!(
+            snapshots_due(
+                7,
+                &assigned(std::slice::from_ref(&ordered)),
+                &stopping,
+                &none
+            )
+            .is_empty()
+        );
+        assert!(
+            snapshots_due(
+                7,
+                &assigned(std::slice::from_ref(&ordered)),
+                &BTreeMap::new(),
+                &none
+            )
+            .is_empty()
+        );
+        let mut other = ordered.clone();
+        other.instance = Instance(2);
+        assert!(snapshots_due(7, &assigned(&[other]), &pods, &none).is_empty());
     }
 }

@@ -187,6 +187,11 @@ pub struct PodsConfig {
     pub memory_interval: Span,
     /// SIGTERM to SIGKILL when a pod is stopped.
     pub grace: Span,
+    /// Directories every machine mounts (a network filesystem), each given a copy of every
+    /// snapshot before it counts as taken, and where a machine finds a snapshot another one
+    /// took. A cluster wants two at least, so that a snapshot outlives the loss of its node
+    /// and of one copy. Relative to the config file.
+    pub snapshot_replicas: Vec<PathBuf>,
 }
 
 impl Default for PodsConfig {
@@ -200,6 +205,7 @@ impl Default for PodsConfig {
             probe_timeout: Span(carapace_engine::Millis(2_000)),
             memory_interval: Span(carapace_engine::Millis(10_000)),
             grace: Span(carapace_engine::Millis(10_000)),
+            snapshot_replicas: Vec::new(),
         }
     }
 }
@@ -266,6 +272,7 @@ fn parse_with(text: &str, path: &Path, etcd: Option<&str>) -> Result<ServeConfig
     }
     check_cluster(&config).map_err(|e| format!("{}: {e}", path.display()))?;
     let base = directory_of(path);
+    config.pods.anchor(&base);
     if config.data_dir.is_relative() {
         config.data_dir = base.join(&config.data_dir);
     }
@@ -303,6 +310,20 @@ fn parse_with(text: &str, path: &Path, etcd: Option<&str>) -> Result<ServeConfig
 }
 
 impl PodsConfig {
+    /// Makes the replica directories absolute, relative to the config file's directory.
+    pub(crate) fn anchor(&mut self, base: &Path) {
+        for dir in &mut self.snapshot_replicas {
+            if dir.is_relative() {
+                *dir = base.join(&*dir);
+            }
+        }
+    }
+
+    /// The settings' replica directories as the driver takes them.
+    pub(crate) fn replicas(&self) -> carapace_drivers::snapshot::Replicas {
+        carapace_drivers::snapshot::Replicas::new(self.snapshot_replicas.clone())
+    }
+
     /// Checks the port plan; the error says which part is wrong.
     pub(crate) fn check(&self) -> Result<(), String> {
         if self.port_stride == 0 || self.max_pods == 0 {

@@ -6,7 +6,7 @@
 use super::agents::{AgentRecord, Rendered};
 use carapace_drivers::cgroup::{Enforcement, MemoryCgroups};
 use carapace_drivers::pod::{Numbered, PodClient, PodDir, PodSpec, write_spec};
-use carapace_drivers::snapshot::Store as SnapshotStore;
+use carapace_drivers::snapshot::{Replicas, Store as SnapshotStore};
 use carapace_drivers::supervise::SNAPSHOT_EXCLUDES;
 use carapace_engine::{AgentId, CommandId, Instance, Outcome, SnapshotId, SupervisorPolicy};
 use std::collections::BTreeMap;
@@ -60,6 +60,8 @@ pub struct PodSettings {
     pub max_pods: u16,
     /// The node's fence file every pod watches (`carapace node`); `None` under `serve`.
     pub fence: Option<PathBuf>,
+    /// Where every snapshot is copied once taken, and looked for when this machine lacks it.
+    pub replicas: Replicas,
 }
 
 /// Runs pods on this machine.
@@ -205,6 +207,18 @@ impl ProcessDriver {
         restrict(dir.root())?;
         if let Some(snapshot) = snapshot {
             let store = SnapshotStore::open(self.snapshots(record.id))?;
+            // Taken on another machine (or this one's copy lost): fetched from a replica.
+            if !self
+                .settings
+                .replicas
+                .pull(&store, record.id.0, snapshot.0)?
+            {
+                anyhow::bail!(
+                    "snapshot {} of agent {} is neither here nor in any replica",
+                    snapshot.0,
+                    record.id
+                );
+            }
             store.restore(snapshot.0, &dir.state())?;
         }
         let rendered = Rendered::new(record, instance, port, dir);
@@ -379,6 +393,7 @@ impl ProcessDriver {
         let cgroup = self.cgroup_of(agent, instance);
         let reports = self.reports.clone();
         let grace = self.settings.grace;
+        let replicas = self.settings.replicas.clone();
         let stopping = self.stopping.clone();
         stopping
             .lock()
@@ -399,10 +414,15 @@ impl ProcessDriver {
             let mut outcome = Outcome::Succeeded;
             if let Some(snapshot) = snapshot {
                 let state = dir.state();
-                let taken =
-                    tokio::task::spawn_blocking(move || take_snapshot(&store, &state, snapshot))
-                        .await
-                        .unwrap_or_else(|e| Err(e.to_string()));
+                let taken = tokio::task::spawn_blocking(move || {
+                    take_snapshot(&store, &state, snapshot)?;
+                    match replicate(&replicas, &store, agent, snapshot) {
+                        Outcome::Succeeded => Ok(()),
+                        _ => Err("not every replica took it".to_owned()),
+                    }
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
                 if let Err(error) = taken {
                     tracing::warn!(%agent, %instance, %error, "the stopped pod's snapshot failed");
                     outcome = Outcome::SnapshotFailed;
@@ -434,12 +454,17 @@ impl ProcessDriver {
         let client = PodClient::new(self.pod_dir(agent, instance));
         let store = self.snapshots(agent);
         let reports = self.reports.clone();
+        let replicas = self.settings.replicas.clone();
         tokio::spawn(async move {
             let outcome = match client
-                .snapshot(store, snapshot.0, Duration::from_secs(120))
+                .snapshot(store.clone(), snapshot.0, Duration::from_secs(120))
                 .await
             {
-                Ok(_) => Outcome::Succeeded,
+                Ok(_) => tokio::task::spawn_blocking(move || {
+                    replicate(&replicas, &store, agent, snapshot)
+                })
+                .await
+                .unwrap_or(Outcome::Failed),
                 // Taken before a restart of the daemon: the version is there already.
                 Err(carapace_drivers::pod::PodClientError::Refused { message, .. })
                     if message.contains("exists") =>
@@ -560,6 +585,22 @@ const SUPERVISOR_START_GRACE: Duration = Duration::from_secs(5);
 
 fn pod_cgroup_name(agent: AgentId, instance: Instance) -> String {
     format!("pod-{}-{}", agent.0, instance.0)
+}
+
+/// Copies a snapshot just taken to every replica: it succeeded only once all of them hold it.
+fn replicate(replicas: &Replicas, store: &Path, agent: AgentId, snapshot: SnapshotId) -> Outcome {
+    if replicas.is_empty() {
+        return Outcome::Succeeded;
+    }
+    let pushed =
+        SnapshotStore::open(store).and_then(|local| replicas.push(&local, agent.0, snapshot.0));
+    match pushed {
+        Ok(()) => Outcome::Succeeded,
+        Err(error) => {
+            tracing::warn!(%agent, snapshot = snapshot.0, %error, "a snapshot did not reach every replica");
+            Outcome::Failed
+        }
+    }
 }
 
 fn take_snapshot(store: &Path, state: &Path, snapshot: SnapshotId) -> Result<(), String> {

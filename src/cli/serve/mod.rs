@@ -116,6 +116,7 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
         port_stride: config.pods.port_stride,
         max_pods: config.pods.max_pods,
         fence: None,
+        replicas: config.pods.replicas(),
     };
     let mut driver = ProcessDriver::new(
         config.data_dir.clone(),

@@ -14,7 +14,7 @@ use super::config::ClusterConfig;
 use super::daemon::Daemon;
 use super::driver::Report;
 use super::feed::FeedKind;
-use crate::cli::node::protocol::{Assignment, NodeReport, StopOrder};
+use crate::cli::node::protocol::{Assignment, NodeReport, SnapshotOrder, StopOrder};
 use carapace_cluster::Revision;
 use carapace_cluster::keys::Keyspace;
 use carapace_cluster::{Client, Leadership};
@@ -157,10 +157,25 @@ impl Daemon {
                     ),
                 }
             }
-            // Nodes take snapshots only when they stop a pod, and keep no warm pool yet.
-            Command::TakeSnapshot { id, .. } | Command::WarmUp { id, .. } => {
-                self.driver_finished(id, Outcome::Failed);
-            }
+            Command::TakeSnapshot {
+                id,
+                agent,
+                instance,
+                snapshot,
+                ..
+            } => match self.assignment(agent, instance, None) {
+                Some((name, mut assignment)) => {
+                    assignment.take_snapshot = Some(SnapshotOrder {
+                        command: id,
+                        snapshot,
+                    });
+                    let cluster = self.cluster.as_ref().expect("cluster mode");
+                    cluster.link.assign(&name, &assignment);
+                }
+                None => self.driver_finished(id, Outcome::Failed),
+            },
+            // Nodes keep no warm pool yet.
+            Command::WarmUp { id, .. } => self.driver_finished(id, Outcome::Failed),
             Command::Throttle { agent, .. } => {
                 tracing::debug!(%agent, "nodes do not throttle yet");
             }
@@ -199,6 +214,7 @@ impl Daemon {
                 config_text: self.configs.get(&(agent, version.config)).cloned(),
                 snapshot: *snapshot,
                 stop,
+                take_snapshot: None,
             },
         ))
     }
