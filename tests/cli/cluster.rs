@@ -85,9 +85,22 @@ impl Controller {
     }
 
     fn api(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+        self.try_api(method, path, body, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// A request that may fail (an error or no answer within `timeout`); a non-2xx answer
+    /// still fails the test.
+    fn try_api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<Value, ureq::Error> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
+            .timeout_global(Some(timeout))
             .build()
             .into();
         let url = format!("{}{path}", self.base_url);
@@ -100,7 +113,7 @@ impl Controller {
                 .send_json(body),
             _ => panic!("unsupported request {method} {path}"),
         };
-        let mut response = response.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let mut response = response?;
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().unwrap_or_default();
         let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -108,22 +121,28 @@ impl Controller {
             (200..300).contains(&status),
             "{method} {path}: {status} {value}"
         );
-        value
+        Ok(value)
     }
 
     fn create(&self, name: &str) {
-        let bin = test_agent().display().to_string();
-        let body = json!({
+        self.api("POST", "/v1/agents", Some(&agent_body(name)));
+    }
+}
+
+/// A test agent with its state in the pod.
+fn agent_body(name: &str) -> Value {
+    let bin = test_agent().display().to_string();
+    json!({
             "name": name,
             "memory_limit": "256MiB",
             "command": [bin, "--state", "{state}", "--config", "{config}", "--port", "{port}"],
             "probe": "http://127.0.0.1:{port}/readyz",
             "config": {"port": 1, "boot_ms": 200, "greeting": "v1"},
             "validate": [bin, "--validate", "--config", "{config}"],
-        });
-        self.api("POST", "/v1/agents", Some(&body));
-    }
+    })
+}
 
+impl Controller {
     /// Waits until every agent in `names` is running and `ready` holds for the views.
     fn wait_all(
         &self,
@@ -400,4 +419,214 @@ fn a_lost_node_s_agents_run_elsewhere_and_a_standby_controller_takes_over_withou
     drop(second);
     drop(nodes);
     drop(etcd);
+}
+
+/// Agents' pids as the leader last heard them, by name.
+fn agent_pids(views: &BTreeMap<String, Value>) -> BTreeMap<String, u32> {
+    views
+        .iter()
+        .map(|(name, view)| {
+            let pid = view["agent_pid"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{name}: no agent pid in {view}"));
+            (name.clone(), pid as u32)
+        })
+        .collect()
+}
+
+/// Three node hosts in network namespaces on a bridge to etcd's. A cut cable fences the
+/// node, its agents run elsewhere, and once plugged back it rejoins as a new node with its
+/// old copies stopped. Then etcd loses members: one changes nothing; two stop every decision
+/// while agents keep running; restored, the decision that waited is made.
+#[test]
+fn a_cut_off_node_fences_and_rejoins_clean_and_etcd_member_losses_stop_only_decisions() {
+    let scratch = Scratch::new("cluster-netns");
+    let tag = format!("c{}", std::process::id() % 100_000);
+    let mut net =
+        carapace_cluster::netns::TestNet::new(&tag, [214, (std::process::id() % 250) as u8 + 1])
+            .expect("network namespaces (root, iproute2)");
+    let mut etcd = LocalEtcd::start_on(
+        &scratch.path().join("etcd"),
+        3,
+        35000,
+        &net.hub_address(),
+        Some(&net.hub()),
+        Duration::from_secs(30),
+    )
+    .expect("a local etcd cluster in the hub namespace");
+    let endpoints = etcd.endpoints();
+    let shared = scratch.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let token = "cluster-netns-token-0123456789abcdef";
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(shared.join("token"))
+            .unwrap();
+        file.write_all(token.as_bytes()).unwrap();
+    }
+    let mut hosts = Vec::new();
+    let mut nodes: BTreeMap<String, RunningNode> = BTreeMap::new();
+    for index in 0..3 {
+        let name = format!("h{index}");
+        let host = net.add_host().unwrap();
+        let parent = format!("carapace-test-cluster-netns-{name}-{}", std::process::id());
+        let dir = scratch.path().join(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("node.toml");
+        std::fs::write(&config, named_node_file(&name, &endpoints, &parent, 35400)).unwrap();
+        let node = RunningNode::start_with(
+            carapace_cluster::netns::TestNet::command_in(&host, env!("CARGO_BIN_EXE_carapace")),
+            &config,
+            &parent,
+        );
+        node.wait_registered(Duration::from_secs(20));
+        nodes.insert(name, node);
+        hosts.push(host);
+    }
+    let leader = Controller::start(
+        &controller_file(&scratch, "c1", 35300, &shared),
+        &endpoints,
+        35300,
+        token,
+    );
+    leader.wait_leading(Duration::from_secs(20));
+    let standby = Controller::start(
+        &controller_file(&scratch, "c2", 35301, &shared),
+        &endpoints,
+        35301,
+        token,
+    );
+    standby.wait_line("standby", Duration::from_secs(20));
+
+    let names = ["a1", "a2", "a3"];
+    for name in names {
+        leader.create(name);
+    }
+    let views = leader.wait_all(&names, Duration::from_secs(60), "running", |v| {
+        v.values().all(|v| v["agent_pid"].is_u64())
+    });
+
+    // The cable of a1's host is cut.
+    let victim = views["a1"]["node_name"].as_str().unwrap().to_owned();
+    let index: usize = victim[1..].parse().unwrap();
+    let stranded: Vec<u32> = views
+        .iter()
+        .filter(|(_, v)| v["node_name"] == victim.as_str())
+        .map(|(_, v)| v["agent_pid"].as_u64().unwrap() as u32)
+        .collect();
+    net.set_connected(index, false).unwrap();
+    nodes[&victim].wait_line("fenced:", NODE_TTL + Duration::from_secs(5));
+    let moved = leader.wait_all(
+        &names,
+        NODE_TTL + Duration::from_secs(40),
+        "running off the cut node",
+        |v| {
+            v.values()
+                .all(|v| v["node_name"] != victim.as_str() && v["agent_pid"].is_u64())
+        },
+    );
+    for pid in &stranded {
+        assert!(
+            !super::serve::alive(*pid),
+            "a copy on the cut node still runs"
+        );
+    }
+
+    // Plugged back: a new registration, the old copies still stopped, nothing moves back.
+    net.set_connected(index, true).unwrap();
+    nodes[&victim].wait_registered(NODE_TTL * 3);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = leader.api("GET", "/v1/nodes", None);
+        let members = listed["nodes"].as_array().unwrap();
+        let of_victim: Vec<&Value> = members
+            .iter()
+            .filter(|m| m["name"] == victim.as_str())
+            .collect();
+        if of_victim.len() == 2 && of_victim.iter().filter(|m| m["lost"] == false).count() == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node did not rejoin as a new member: {listed}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for pid in &stranded {
+        assert!(!super::serve::alive(*pid), "an old copy came back");
+    }
+    let still = leader.wait_all(&names, Duration::from_secs(5), "running", |_| true);
+    for name in names {
+        assert_eq!(
+            still[name]["instance"], moved[name]["instance"],
+            "{name} moved again"
+        );
+    }
+
+    // One etcd member down: nothing changes, decisions go on.
+    etcd.kill(0);
+    leader.create("a4");
+    let all = ["a1", "a2", "a3", "a4"];
+    let running = leader.wait_all(&all, Duration::from_secs(60), "running", |v| {
+        v.values().all(|v| v["agent_pid"].is_u64())
+    });
+    let pids = agent_pids(&running);
+
+    // Two down: no quorum, so no decision is made (a create waits, unanswered) — and no
+    // lease can expire, so every agent keeps running.
+    etcd.kill(1);
+    let outage = Instant::now();
+    let waited = leader.try_api(
+        "POST",
+        "/v1/agents",
+        Some(&agent_body("a5")),
+        Duration::from_secs(3),
+    );
+    assert!(
+        waited.is_err(),
+        "a decision was made without a quorum: {waited:?}"
+    );
+    while outage.elapsed() < NODE_TTL + Duration::from_secs(2) {
+        for (name, pid) in &pids {
+            assert!(
+                super::serve::alive(*pid),
+                "{name} stopped during the etcd outage"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Restored: the create that waited is made, and nothing else changed.
+    etcd.restart(0).unwrap();
+    etcd.restart(1).unwrap();
+    etcd.wait_for_quorum(Duration::from_secs(30)).unwrap();
+    let after = leader.wait_all(
+        &["a1", "a2", "a3", "a4", "a5"],
+        Duration::from_secs(60),
+        "running",
+        |_| true,
+    );
+    for name in all {
+        assert_eq!(
+            after[name]["instance"], running[name]["instance"],
+            "{name} was restarted"
+        );
+    }
+    for (name, pid) in &pids {
+        assert!(super::serve::alive(*pid), "{name} stopped after the outage");
+    }
+    let client = etcd.client(Duration::from_secs(1));
+    let placed = assignments(&client, &Keyspace::default());
+    assert_eq!(placed.len(), 5, "{placed:?}");
+    assert!(placed.values().all(|nodes| nodes.len() == 1), "{placed:?}");
+    drop(standby);
+    drop(leader);
+    drop(nodes);
+    drop(etcd);
+    drop(net);
 }

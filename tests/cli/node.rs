@@ -34,7 +34,11 @@ impl RunningNode {
     }
 
     /// `carapace` is `program` (e.g. `ip netns exec HOST carapace`).
-    fn start_with(mut program: Command, config: &Path, cgroup_parent: &str) -> RunningNode {
+    pub(crate) fn start_with(
+        mut program: Command,
+        config: &Path,
+        cgroup_parent: &str,
+    ) -> RunningNode {
         let mut child = program
             .args(["node", "--config"])
             .arg(config)

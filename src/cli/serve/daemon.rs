@@ -82,6 +82,8 @@ pub struct Daemon {
     /// Each new feed entry, for the API's event streams.
     pub feed_live: tokio::sync::broadcast::Sender<FeedEntry>,
     pub(super) feed_seq: u64,
+    /// The id the next agent gets: kept in the store's metadata, written by this daemon only.
+    pub(super) next_agent: u32,
     pub replayed: Replayed,
     pub journal_records: u64,
 }
@@ -128,6 +130,7 @@ impl Daemon {
             memory: super::memory::MemoryHistory::default(),
             feed_live: tokio::sync::broadcast::channel(FEED_STREAM_BACKLOG).0,
             feed_seq: 0,
+            next_agent: 0,
             replayed: Replayed::default(),
             journal_records: 0,
         };
@@ -184,6 +187,11 @@ impl Daemon {
         for (id, cursor) in self.store.desired::<Cursor>(CURSORS)? {
             self.cursors.insert(AgentId(id as u32), cursor);
         }
+        self.next_agent = self
+            .store
+            .meta("next_agent")?
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u32::from_le_bytes);
         self.load_members()
     }
 

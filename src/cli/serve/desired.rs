@@ -21,7 +21,7 @@ impl Daemon {
             )));
         }
         self.check_quota(&request)?;
-        let id = self.next_agent_id();
+        let id = AgentId(self.next_agent);
         let record = AgentRecord {
             id,
             version: Version::new(RUNTIME, 1),
@@ -39,6 +39,7 @@ impl Daemon {
             self.forget(&record, previous);
             return Err(error.into());
         }
+        self.next_agent = id.0 + 1;
         Ok(record)
     }
 
@@ -180,17 +181,6 @@ impl Daemon {
         self.keys.insert(&record);
         self.tenants.insert(record.id, record.clone());
         Ok((record, token))
-    }
-
-    pub(super) fn next_agent_id(&self) -> AgentId {
-        let stored = self
-            .store
-            .meta("next_agent")
-            .ok()
-            .flatten()
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, u32::from_le_bytes);
-        AgentId(stored)
     }
 
     /// The config versions kept for an agent, ascending.

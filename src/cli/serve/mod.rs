@@ -444,6 +444,14 @@ fn agent_view(daemon: &Daemon, id: carapace_engine::AgentId) -> Value {
         view["node"] = json!(status.node.map(|n| n.0));
         if let (Some(cluster), Some(node)) = (&daemon.cluster, status.node) {
             view["node_name"] = json!(cluster.members.get(&node).map(|m| &m.name));
+            // The pod is on the node's machine; its agent's pid is what the node reported.
+            view["agent_pid"] = json!(
+                daemon
+                    .agent_pids
+                    .get(&id)
+                    .filter(|(instance, _)| *instance == status.instance)
+                    .map(|(_, pid)| *pid)
+            );
         }
         view["reservation_bytes"] = json!(status.reservation_bytes);
         let dir = daemon.driver.pod_dir(id, status.instance);
