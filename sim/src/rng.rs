@@ -30,6 +30,9 @@ pub enum Component {
     WarmUp = 13,
     /// Drawn by a node's failure number, not through [`Counters`].
     NodeLease = 14,
+    /// The leading controller's failures and its lease at each: drawn by failure number.
+    ControllerFailure = 15,
+    ControllerLease = 16,
 }
 
 /// The keystream of `ChaCha8Rng::seed_from_u64(seed)`, read one addressed word at a time.

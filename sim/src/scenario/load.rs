@@ -254,6 +254,22 @@ fn check(s: &Scenario) -> Vec<(String, String)> {
             );
         }
     }
+    if let Some(cf) = &s.controller_faults {
+        rate(
+            &mut problem,
+            "controller_faults.failures_per_day",
+            cf.failures_per_day,
+        );
+        if cf.leader_ttl.0.0 == 0 {
+            problem("controller_faults.leader_ttl", "must be above 0");
+        }
+        if cf.renew_every.0 >= cf.leader_ttl.0 {
+            problem(
+                "controller_faults.renew_every",
+                "must be below controller_faults.leader_ttl",
+            );
+        }
+    }
     for (i, loss) in nf.scheduled.iter().enumerate() {
         if loss.node >= fleet.nodes {
             problem(

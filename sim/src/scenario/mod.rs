@@ -30,6 +30,10 @@ pub struct Scenario {
     pub fleet: Fleet,
     #[serde(default)]
     pub node_faults: NodeFaults,
+    /// Failures of the leading controller (`serve --etcd`): no decision is made until a
+    /// standby leads. Off by default (one controller that never fails).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller_faults: Option<ControllerFaults>,
     #[serde(default)]
     pub latency: Latency,
     #[serde(default)]
@@ -201,6 +205,25 @@ pub struct NodeLease {
     pub renew_every: Span,
     #[serde(default = "defaults::expiry_check")]
     pub expiry_check: Span,
+}
+
+/// The leading controller fails (Poisson, and at fixed times); a standby leads once etcd
+/// expires the leader's lease — `leader_ttl` after its last renewal, a uniform part of
+/// `renew_every` before the failure — and has rebuilt the engine from the journal
+/// (`rebuild`). Takeover is `leader_ttl − U·renew_every + rebuild`. Meanwhile pods keep
+/// running and restarting in place (rung 1 is the nodes'); what the controller would have
+/// learned waits for the new leader, which learns it all at once.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerFaults {
+    #[serde(default)]
+    pub failures_per_day: f64,
+    #[serde(default)]
+    pub scheduled: Vec<Span>,
+    pub leader_ttl: Span,
+    pub renew_every: Span,
+    #[serde(default)]
+    pub rebuild: Span,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -5,6 +5,10 @@ use super::*;
 
 impl Simulation {
     pub(crate) fn feed(&mut self, input: Input) {
+        if self.failover.is_down() {
+            self.failover.hold(input);
+            return;
+        }
         self.stats.engine_inputs += 1;
         if let Err(error) = self.controller.handle(self.now, input) {
             self.note_engine_error(error);

@@ -6,6 +6,7 @@ mod checks;
 mod desired;
 mod driver;
 mod engine_io;
+mod failover;
 mod faults;
 mod memory;
 mod processes;
@@ -62,10 +63,15 @@ pub(crate) enum Event {
     WarmDone(CommandId),
     /// The n-th fault of the replayed event trace.
     Replay(u32),
+    /// The leading controller fails; a standby leads at `ControllerBack`.
+    ControllerFail {
+        scheduled: bool,
+    },
+    ControllerBack,
 }
 
 /// Names of the event kinds, in the order of [`RunStats::events_by_kind`].
-pub const EVENT_KINDS: [&str; 19] = [
+pub const EVENT_KINDS: [&str; 21] = [
     "node_tick",
     "bucket",
     "fault",
@@ -85,6 +91,8 @@ pub const EVENT_KINDS: [&str; 19] = [
     "rollout",
     "warm_done",
     "replay",
+    "controller_fail",
+    "controller_back",
 ];
 
 impl Event {
@@ -109,6 +117,8 @@ impl Event {
             Event::Churn => 15,
             Event::WarmDone(_) => 17,
             Event::Replay(_) => 18,
+            Event::ControllerFail { .. } => 19,
+            Event::ControllerBack => 20,
             Event::Rollout(_) => 16,
         }
     }
@@ -163,6 +173,9 @@ pub struct RunStats {
     pub events_by_kind: [u64; EVENT_KINDS.len()],
     pub engine_inputs: u64,
     pub engine_commands: u64,
+    /// Failures of the leading controller, and the time no controller led.
+    pub controller_failovers: u64,
+    pub controller_down_ms: u64,
     /// Inputs the engine refused; a correct driver causes none but late reports of removed agents.
     pub engine_errors: u64,
     pub first_engine_error: Option<String>,
@@ -194,6 +207,8 @@ pub struct Simulation {
     now: Millis,
     end: Millis,
     controller_wake: Option<Millis>,
+    /// The leading controller's failures: what it was not told while none led.
+    failover: failover::Failover,
     orders: BTreeMap<CommandId, Order>,
     /// Starts still being carried out, by the instance they create: a stop of that instance
     /// cancels its start, as a real node serialises operations on one pod.
@@ -287,6 +302,7 @@ impl Simulation {
             now: Millis::ZERO,
             end,
             controller_wake: None,
+            failover: failover::Failover::default(),
             orders: BTreeMap::new(),
             pending_starts: BTreeMap::new(),
             poisoned_snapshots: BTreeSet::new(),
@@ -436,6 +452,7 @@ impl Simulation {
                 .push_periodic(Millis(offset), Event::NodeTick(NodeId(index)));
             self.schedule_node_failure(NodeId(index), Millis::ZERO);
         }
+        self.schedule_controller_faults();
         for loss in &fleet_faults.scheduled {
             self.queue
                 .push(loss.at.0, Event::NodeFail(NodeId(loss.node)));
@@ -542,7 +559,15 @@ impl Simulation {
     fn dispatch(&mut self, event: Event) {
         match event {
             // Past `stop_faults_at`, arrivals are dropped, and with them their successors.
-            Event::Fault(..) | Event::NodeFail(_) | Event::Churn if self.now > self.faults_end => {}
+            Event::Fault(..) | Event::NodeFail(_) | Event::Churn | Event::ControllerFail { .. }
+                if self.now > self.faults_end => {}
+            // No controller learns the loss until one leads again.
+            Event::NodeLostDetected(node) if self.failover.is_down() => {
+                self.queue
+                    .push(self.failover.back_at(), Event::NodeLostDetected(node));
+            }
+            Event::ControllerFail { scheduled } => self.controller_fail(scheduled),
+            Event::ControllerBack => self.controller_back(),
             Event::NodeTick(node) => self.node_tick(node),
             Event::Bucket => self.close_bucket(),
             Event::Fault(agent, kind) => self.on_fault(agent, kind),
@@ -565,7 +590,7 @@ impl Simulation {
             Event::StopDone(command) => self.stop_done(command),
             Event::SnapshotDone(command) => self.snapshot_done(command),
             Event::ControllerWake => {
-                if self.controller_wake == Some(self.now) {
+                if self.controller_wake == Some(self.now) && !self.failover.is_down() {
                     self.controller_wake = None;
                     if let Err(error) = self.controller.handle_timeout(self.now) {
                         self.note_engine_error(error);

@@ -358,3 +358,98 @@ fn a_replayed_memory_trace_reproduces_its_mean() {
         "node utilisation {utilisation}, expected {expected} from the trace"
     );
 }
+
+/// A controller failure of constant takeover D (no renewal jitter) arriving as a Poisson
+/// process of rate λ covers a fraction λ·D of the time. A node loss whose lease expires in
+/// such an outage is learned when the standby takes over, at most D later; every other one
+/// exactly as without failovers — and the node failures themselves are drawn as before.
+#[test]
+fn a_controller_failover_delays_what_the_engine_learns_by_at_most_the_takeover() {
+    let (per_day, takeover_ms) = (48.0, 120_000.0);
+    let lease = "lease = { ttl = \"15s\", renew_every = \"2s\" }";
+    let without = node_loss_detections_by_start(lease, "");
+    let with = node_loss_detections_by_start(
+        lease,
+        &format!(
+            "[controller_faults]\nfailures_per_day = {per_day}\nleader_ttl = \"100s\"\n\
+             renew_every = \"0s\"\nrebuild = \"20s\""
+        ),
+    );
+    // The same failures: a node that happened to hold no agent in one run has no incident
+    // there, so most, not all, starts are in both.
+    let common: Vec<u64> = without
+        .keys()
+        .filter(|s| with.contains_key(s))
+        .copied()
+        .collect();
+    assert!(
+        common.len() * 100 >= without.len().max(with.len()) * 95,
+        "node failures drawn differently: {} in common of {} and {}",
+        common.len(),
+        without.len(),
+        with.len()
+    );
+    let mut delayed = 0usize;
+    for start in &common {
+        let (base, failed_over) = (without[start], with[start]);
+        let extra = failed_over - base;
+        assert!(
+            (0.0..=takeover_ms).contains(&extra),
+            "the node loss at {start} ms was learned {extra} ms later (takeover {takeover_ms} ms)"
+        );
+        if extra > 0.0 {
+            delayed += 1;
+        }
+    }
+    let fraction = delayed as f64 / common.len() as f64;
+    let expected = per_day * takeover_ms / 86_400_000.0;
+    assert!(
+        (fraction - expected).abs() < expected * 0.4,
+        "{delayed} of {} node losses learned late ({fraction:.3}); λ·D = {expected:.3}",
+        common.len()
+    );
+}
+
+/// When each node failure (by its start) was learned, as `node_loss_detections` runs them,
+/// with `extra` scenario tables after `[node_faults]`.
+fn node_loss_detections_by_start(node_faults: &str, extra: &str) -> BTreeMap<u64, f64> {
+    let scenario = parse(&format!(
+        r#"
+        name = "node-losses"
+        seed = 11
+        duration = "2d"
+        warmup = "30m"
+        [fleet]
+        nodes = 200
+        node_memory = "64GiB"
+        tenants = 10
+        [[fleet.classes]]
+        name = "a"
+        agents = 1000
+        memory_limit = "1GiB"
+        memory_request = "256MiB"
+        memory = {{ baseline = "200MiB" }}
+        [node_faults]
+        failures_per_node_per_day = 2.0
+        repair_time = "10m"
+        {node_faults}
+        {extra}
+        "#
+    ));
+    let report = Report::of(&run(scenario, Vec::new()));
+    assert_eq!(report.summary.invariant_violation, None);
+    let mut by_start = BTreeMap::new();
+    for incident in report
+        .incidents
+        .iter()
+        .filter(|i| i.fault == Fault::NodeFailure)
+    {
+        let detection = incident.detection_ms.expect("every node loss is detected") as f64;
+        let seen = by_start.entry(incident.start_ms).or_insert(detection);
+        assert_eq!(
+            *seen, detection,
+            "one node's agents learned lost at different times"
+        );
+    }
+    by_start
+}

@@ -127,6 +127,7 @@ pub fn scenario(
             classes: vec![class],
         },
         node_faults: Default::default(),
+        controller_faults: None,
         latency,
         probes: Probes {
             startup_interval: pods.startup_probe_interval,
