@@ -408,13 +408,18 @@ fn a_lost_node_s_agents_run_elsewhere_and_a_standby_controller_takes_over_withou
     let placed = assignments(&client, &keys);
     assert_eq!(placed.len(), 5, "{placed:?}");
     assert!(placed.values().all(|nodes| nodes.len() == 1), "{placed:?}");
+    let (journal, _) = client.list(&format!("{}journal/", keys.root())).unwrap();
+    let journal_bytes: usize = journal.iter().map(|kv| kv.key.len() + kv.value.len()).sum();
     eprintln!(
         "cluster figures: node loss → agents running {} ms (node lease {} s); leader takeover \
-         {} ms (leadership lease {} s)",
+         {} ms (leadership lease {} s); journal {} commits, {} B ({} B per commit)",
         node_loss_to_running.as_millis(),
         NODE_TTL.as_secs(),
         takeover.as_millis(),
-        LEADER_TTL.as_secs()
+        LEADER_TTL.as_secs(),
+        journal.len(),
+        journal_bytes,
+        journal_bytes / journal.len().max(1)
     );
     drop(second);
     drop(nodes);
