@@ -325,6 +325,22 @@ fn a_lost_node_s_agents_run_elsewhere_and_a_standby_controller_takes_over_withou
     let placed = assignments(&client, &keys);
     assert_eq!(placed.len(), names.len(), "{placed:?}");
     assert!(placed.values().all(|nodes| nodes.len() == 1), "{placed:?}");
+    // Secrets would cross etcd in clear: refused, naming why, rather than dropped.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut refused = agent
+        .put(&format!(
+            "{}/v1/agents/a1/secrets/LLM_API_KEY",
+            first.base_url
+        ))
+        .header("Authorization", &format!("Bearer {token}"))
+        .send("sk-never-stored")
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 400);
+    let why = refused.body_mut().read_to_string().unwrap();
+    assert!(why.contains("cluster mode"), "{why}");
     let nodes_view = first.api("GET", "/v1/nodes", None);
     assert_eq!(
         nodes_view["nodes"].as_array().unwrap().len(),

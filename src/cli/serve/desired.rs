@@ -202,6 +202,15 @@ impl Daemon {
         value: Option<&str>,
     ) -> Result<(), ApiError> {
         use super::secrets::{MAX_SECRET_BYTES, MAX_SECRETS, SECRETS, check_name};
+        if self.cluster.is_some() {
+            // Assignments travel through etcd in clear: a secret must not, and nodes cannot
+            // open sealed ones yet. Refused rather than kept from the agent in silence.
+            return Err(ApiError::BadRequest(
+                "secrets: not available in cluster mode yet (serve --etcd): nodes cannot \
+                 receive them sealed"
+                    .into(),
+            ));
+        }
         let id = self.id_of(tenant, name)?;
         check_name(secret).map_err(ApiError::BadRequest)?;
         let mut sealed = self.secrets.get(&id).cloned().unwrap_or_default();

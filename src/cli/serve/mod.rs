@@ -127,7 +127,9 @@ async fn serve(config: config::ServeConfig) -> anyhow::Result<()> {
     if let Some(template) = config.warm_pool.as_ref().and_then(|w| w.template.clone()) {
         driver = driver.with_warm_pool(template, config.policy.placement.warm_pool_per_node);
     }
+    // A cluster's controller runs no pods: its nodes say whether theirs are limited.
     match driver.enforcement() {
+        _ if config.cluster.is_some() => {}
         enforced @ Enforcement::Enforced { .. } => tracing::info!("{enforced}"),
         unenforced => {
             eprintln!("carapace serve: WARNING: {unenforced}");
