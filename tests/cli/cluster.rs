@@ -10,7 +10,6 @@ use carapace_cluster::keys::Keyspace;
 use carapace_cluster::local::LocalEtcd;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -40,20 +39,7 @@ impl Controller {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start carapace serve --etcd");
-        let (tx, lines) = mpsc::channel();
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
+        let lines = super::common::output_lines(&mut child);
         Controller {
             child,
             lines,
@@ -63,19 +49,7 @@ impl Controller {
     }
 
     fn wait_line(&self, needle: &str, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(line) => seen.push(line),
-                Err(_) => panic!(
-                    "no line with `{needle}` within {within:?}; the controller said:\n{}",
-                    seen.join("\n")
-                ),
-            }
-        }
+        super::common::wait_for_line(&self.lines, "the controller", needle, within)
     }
 
     /// Waits until this replica leads and its API answers.
@@ -202,6 +176,19 @@ fn controller_file(scratch: &Scratch, name: &str, port: u16, shared: &Path) -> P
     )
 }
 
+/// The replicas' shared API token, mode 0600 as `serve` requires.
+fn write_token(shared: &Path, token: &str) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(shared.join("token"))
+        .unwrap();
+    file.write_all(token.as_bytes()).unwrap();
+}
+
 /// Where each agent is assigned, read from etcd: agent id → node names.
 fn assignments(client: &Client, keys: &Keyspace) -> BTreeMap<u64, Vec<String>> {
     let prefix = format!("{}assign/", keys.root());
@@ -271,17 +258,7 @@ fn a_lost_node_s_agents_run_elsewhere_and_a_standby_controller_takes_over_withou
     let shared = scratch.path().join("shared");
     std::fs::create_dir_all(&shared).unwrap();
     let token = "cluster-test-token-0123456789abcdef";
-    {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(shared.join("token"))
-            .unwrap();
-        file.write_all(token.as_bytes()).unwrap();
-    }
+    write_token(&shared, token);
 
     let mut nodes: BTreeMap<String, RunningNode> = BTreeMap::new();
     for (name, ports) in [("n1", 34700), ("n2", 34800)] {
@@ -479,17 +456,7 @@ fn a_cut_off_node_fences_and_rejoins_clean_and_etcd_member_losses_stop_only_deci
     let shared = scratch.path().join("shared");
     std::fs::create_dir_all(&shared).unwrap();
     let token = "cluster-netns-token-0123456789abcdef";
-    {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(shared.join("token"))
-            .unwrap();
-        file.write_all(token.as_bytes()).unwrap();
-    }
+    write_token(&shared, token);
     let mut hosts = Vec::new();
     let mut nodes: BTreeMap<String, RunningNode> = BTreeMap::new();
     for index in 0..3 {

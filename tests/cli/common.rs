@@ -77,3 +77,58 @@ impl Drop for Scratch {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Every line `child` writes to stdout and stderr, on a channel, as it comes (the streams must
+/// be piped). A thread per stream reads them: real processes, in real time.
+#[allow(clippy::disallowed_methods)]
+pub fn output_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead as _;
+    let (tx, lines) = std::sync::mpsc::channel();
+    let streams = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    ];
+    for stream in streams.into_iter().flatten() {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stream)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    lines
+}
+
+/// Waits for a line containing `needle`; answers it. The panic shows what `who` said instead.
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)]
+pub fn wait_for_line(
+    lines: &std::sync::mpsc::Receiver<String>,
+    who: &str,
+    needle: &str,
+    within: std::time::Duration,
+) -> String {
+    let deadline = std::time::Instant::now() + within;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(line) => seen.push(line),
+            Err(_) => panic!(
+                "no line with `{needle}` within {within:?}; {who} said:\n{}",
+                seen.join("\n")
+            ),
+        }
+    }
+}

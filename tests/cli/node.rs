@@ -9,7 +9,6 @@ use carapace_cluster::keys::Keyspace;
 use carapace_cluster::local::LocalEtcd;
 use carapace_cluster::netns::TestNet;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -47,20 +46,7 @@ impl RunningNode {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start carapace node");
-        let (tx, lines) = mpsc::channel();
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
+        let lines = super::common::output_lines(&mut child);
         RunningNode {
             child,
             lines,
@@ -70,19 +56,7 @@ impl RunningNode {
 
     /// Waits for an output line containing `needle`; answers it.
     pub(crate) fn wait_line(&self, needle: &str, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(line) => seen.push(line),
-                Err(_) => panic!(
-                    "no line with `{needle}` within {within:?}; the node said:\n{}",
-                    seen.join("\n")
-                ),
-            }
-        }
+        super::common::wait_for_line(&self.lines, "the node", needle, within)
     }
 
     pub(crate) fn wait_registered(&self, within: Duration) -> i64 {

@@ -82,9 +82,10 @@ fn a_probe_timeout_delays_hang_detection_by_exactly_itself() {
     );
 }
 
-/// Detection times of node failures (200 nodes failing twice a day each, over 2 days, no
-/// agent faults) under `node_faults` extra lines.
-fn node_loss_detections(node_faults: &str) -> Vec<f64> {
+/// Node failures (200 nodes failing twice a day each, over 2 days, no agent faults), with
+/// `node_faults` extra lines and `extra` scenario tables after them; the report's node-loss
+/// incidents.
+fn node_loss_run(node_faults: &str, extra: &str) -> Vec<carapace_sim::IncidentRecord> {
     let scenario = parse(&format!(
         r#"
         name = "node-losses"
@@ -105,14 +106,22 @@ fn node_loss_detections(node_faults: &str) -> Vec<f64> {
         failures_per_node_per_day = 2.0
         repair_time = "10m"
         {node_faults}
+        {extra}
         "#
     ));
     let report = Report::of(&run(scenario, Vec::new()));
     assert_eq!(report.summary.invariant_violation, None);
-    let detections: Vec<f64> = report
+    report
         .incidents
-        .iter()
+        .into_iter()
         .filter(|i| i.fault == Fault::NodeFailure)
+        .collect()
+}
+
+/// Detection times of node failures under `node_faults` extra lines.
+fn node_loss_detections(node_faults: &str) -> Vec<f64> {
+    let detections: Vec<f64> = node_loss_run(node_faults, "")
+        .iter()
         .map(|i| i.detection_ms.expect("every node loss is detected") as f64)
         .collect();
     assert!(
@@ -410,40 +419,10 @@ fn a_controller_failover_delays_what_the_engine_learns_by_at_most_the_takeover()
     );
 }
 
-/// When each node failure (by its start) was learned, as `node_loss_detections` runs them,
-/// with `extra` scenario tables after `[node_faults]`.
+/// When each node failure (by its start) was learned, with `extra` scenario tables.
 fn node_loss_detections_by_start(node_faults: &str, extra: &str) -> BTreeMap<u64, f64> {
-    let scenario = parse(&format!(
-        r#"
-        name = "node-losses"
-        seed = 11
-        duration = "2d"
-        warmup = "30m"
-        [fleet]
-        nodes = 200
-        node_memory = "64GiB"
-        tenants = 10
-        [[fleet.classes]]
-        name = "a"
-        agents = 1000
-        memory_limit = "1GiB"
-        memory_request = "256MiB"
-        memory = {{ baseline = "200MiB" }}
-        [node_faults]
-        failures_per_node_per_day = 2.0
-        repair_time = "10m"
-        {node_faults}
-        {extra}
-        "#
-    ));
-    let report = Report::of(&run(scenario, Vec::new()));
-    assert_eq!(report.summary.invariant_violation, None);
     let mut by_start = BTreeMap::new();
-    for incident in report
-        .incidents
-        .iter()
-        .filter(|i| i.fault == Fault::NodeFailure)
-    {
+    for incident in node_loss_run(node_faults, extra) {
         let detection = incident.detection_ms.expect("every node loss is detected") as f64;
         let seen = by_start.entry(incident.start_ms).or_insert(detection);
         assert_eq!(
