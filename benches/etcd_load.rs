@@ -7,11 +7,13 @@
 //!    written as the leader writes them — one fenced transaction each — and one registration
 //!    per node under its lease. Logical bytes (keys + values) and the growth of etcd's
 //!    database in use, per agent.
-//! 2. **Write capacity**: writer threads doing report-shaped fenced writes (a put of a ~200-byte
-//!    report and the delete of the one before) for a bounded time: writes/s and latency.
+//! 2. **Write capacity**: writer threads doing what a report costs for a bounded time — the
+//!    node's put of a ~250-byte report, the leader's fenced journal commit of what it meant
+//!    (a ~190-byte record, the size the cluster test measures, and the agent's cursor), and
+//!    the leader's fenced delete of the report: writes/s and latency.
 //! 3. **The steady state**: the write rate the fleet needs, from the stated per-agent rates (the
 //!    node's memory deadband refresh, the engine's snapshot interval, fleet-11k's fault rate),
-//!    each report costing the node's put and the leader's fenced consume (two writes), plus
+//!    each report costing those three writes, plus
 //!    one lease renewal per node per period; run paced at that rate for a bounded time, with
 //!    its latency.
 //!
@@ -41,8 +43,10 @@ const SNAPSHOTS_PER_HOUR: f64 = 1.0; // policy.recovery.snapshot_interval_ms = 1
 /// fleet-11k × 7 d: 117,565 faults over 11,000 agents × 168 h; each costs about four reports
 /// (exited, spawned, ready, the command's end).
 const FAULT_REPORTS_PER_HOUR: f64 = 117_565.0 / (11_000.0 * 168.0) * 4.0;
-/// The node's put and the leader's fenced consume (journal append + report delete).
-const WRITES_PER_REPORT: f64 = 2.0;
+/// The node's put, the leader's fenced journal commit, the leader's fenced delete.
+const WRITES_PER_REPORT: f64 = 3.0;
+/// A journal commit of one report, as the cluster test measures it.
+const JOURNAL_COMMIT_BYTES: usize = 191;
 const RENEW_EVERY: Duration = Duration::from_secs(2);
 
 struct Args {
@@ -155,10 +159,18 @@ fn main() {
 
     // 2. Capacity for report-shaped fenced writes.
     let seconds = Duration::from_secs(args.seconds);
-    let (capacity, histogram) = report_writes(&client, &keys, &leader, args.writers, seconds, None);
+    let (capacity, histogram) = report_writes(
+        "capacity",
+        &client,
+        &keys,
+        &leader,
+        args.writers,
+        seconds,
+        None,
+    );
     let _ = writeln!(
         out,
-        "| capacity: report put + fenced consume, {} writers, {} s | {capacity:.0} writes/s (p50 {:.1} ms, p99 {:.1} ms) |",
+        "| capacity: report put + fenced journal commit + fenced delete, {} writers, {} s | {capacity:.0} writes/s (p50 {:.1} ms, p99 {:.1} ms) |",
         args.writers,
         args.seconds,
         ms(histogram.value_at_quantile(0.5)),
@@ -169,8 +181,15 @@ fn main() {
     let per_agent_hour = MEMORY_REPORTS_PER_HOUR + SNAPSHOTS_PER_HOUR + FAULT_REPORTS_PER_HOUR;
     let demand = f64::from(args.agents) * per_agent_hour / 3_600.0 * WRITES_PER_REPORT;
     let renewals = f64::from(args.nodes) / RENEW_EVERY.as_secs_f64();
-    let (achieved, histogram) =
-        report_writes(&client, &keys, &leader, args.writers, seconds, Some(demand));
+    let (achieved, histogram) = report_writes(
+        "steady",
+        &client,
+        &keys,
+        &leader,
+        args.writers,
+        seconds,
+        Some(demand),
+    );
     let renewal_latency = renew_for(
         &client,
         args.nodes,
@@ -244,10 +263,11 @@ fn fenced_put(client: &Client, leader: &Leadership, key: &str, value: &[u8]) {
     assert!(outcome.succeeded, "the bench's leadership was lost");
 }
 
-/// Report-shaped writes by `writers` threads for `run`: each a node's put of a report, then the
-/// leader's fenced delete of it. Paced to `rate` writes/s in all when given. Answers writes/s
+/// Report-shaped writes by `writers` threads for `run`: each a node's put of a report, the
+/// leader's fenced journal commit, then its fenced delete of the report. Paced to `rate` writes/s in all when given. Answers writes/s
 /// achieved and the latency of each write (µs).
 fn report_writes(
+    phase: &str,
     client: &Arc<Client>,
     keys: &Keyspace,
     leader: &Leadership,
@@ -258,15 +278,19 @@ fn report_writes(
     let report = json!({"kind": "event", "agent": 4321, "instance": 7,
         "numbered": {"seq": 1234, "event": {"event": "memory", "at_ms": 123_456_789, "pid": 4242, "rss_bytes": 1_073_741_824u64, "cgroup_bytes": 1_200_000_000u64}}})
     .to_string();
+    let commit = vec![b'j'; JOURNAL_COMMIT_BYTES];
+    let cursor = br#"{"instance":7,"seq":1234}"#;
     let started = Instant::now();
     let histograms: Vec<Histogram<u64>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..writers)
             .map(|writer| {
-                let (client, keys, leader, report) = (client.clone(), keys, leader, &report);
+                let (client, keys, leader, report, commit) =
+                    (client.clone(), keys, leader, &report, &commit);
                 scope.spawn(move || {
                     let mut histogram = Histogram::<u64>::new(3).unwrap();
                     let node = format!("node-{writer}");
-                    let interval = rate.map(|r| Duration::from_secs_f64(writers as f64 * 2.0 / r));
+                    let interval = rate
+                        .map(|r| Duration::from_secs_f64(writers as f64 * WRITES_PER_REPORT / r));
                     let mut seq = 0u64;
                     while started.elapsed() < run {
                         seq += 1;
@@ -275,6 +299,21 @@ fn report_writes(
                         client
                             .put(&key, report.as_bytes(), None)
                             .expect("etcd answers");
+                        let _ = histogram.record(at.elapsed().as_micros() as u64);
+                        let at = Instant::now();
+                        let journal_key =
+                            format!("{}journal/{phase}/{writer:04}{seq:016}", keys.root());
+                        let cursor_key = format!("{}desired/cursor/{writer:020}", keys.root());
+                        let journaled = client
+                            .txn(
+                                Txn::new()
+                                    .when_created_at(&leader.key, leader.revision)
+                                    .when_absent(journal_key.as_bytes())
+                                    .put(journal_key.as_bytes(), commit, None)
+                                    .put(cursor_key.as_bytes(), cursor, None),
+                            )
+                            .expect("etcd answers");
+                        assert!(journaled.succeeded);
                         let _ = histogram.record(at.elapsed().as_micros() as u64);
                         let at = Instant::now();
                         let consumed = client
