@@ -228,7 +228,7 @@ impl EtcdJournal {
     pub fn desired_raw(&self, kind: &str) -> Result<Vec<(u64, Vec<u8>)>, JournalError> {
         let prefix = format!("{}desired/{kind}/", self.root);
         let mut out = Vec::new();
-        self.for_each_key(&prefix, |key, value| {
+        self.for_each_key(&prefix, prefix.as_bytes(), |key, value| {
             let id = key
                 .strip_prefix(&prefix)
                 .and_then(|id| id.parse::<u64>().ok())
@@ -236,8 +236,8 @@ impl EtcdJournal {
                     key: key.to_owned(),
                     detail: "not a desired-state key".into(),
                 })?;
-            out.push((id, value));
-            Ok(())
+            out.push((id, value.to_vec()));
+            Ok(true)
         })?;
         Ok(out)
     }
@@ -259,57 +259,32 @@ impl EtcdJournal {
     /// in [`JournalRead::dropped`], as the redb store does.
     pub fn read_journal(&self, from_seq: u64, limit: usize) -> Result<JournalRead, JournalError> {
         let from = from_seq.max(1);
-        let prefix = self.journal_prefix();
         let mut records = Vec::new();
         let mut expected = from;
-        let mut start = self.journal_key(from).into_bytes();
-        loop {
-            let page = self.client.list_page(&prefix, &start, PAGE_KEYS, None)?;
-            for kv in &page.kvs {
-                let key = kv.key_str();
-                let stop = if self.seq_of(key)? == expected {
-                    match decode_commit(key, &kv.value) {
-                        Ok(decoded) => {
-                            for record in decoded {
-                                records.push((expected, record));
-                                expected += 1;
-                            }
-                            None
+        let mut dropped = None;
+        let start = self.journal_key(from).into_bytes();
+        self.for_each_key(&self.journal_prefix(), &start, |key, value| {
+            let reason = if self.seq_of(key)? == expected {
+                match decode_commit(key, value) {
+                    Ok(decoded) => {
+                        for record in decoded {
+                            records.push((expected, record));
+                            expected += 1;
                         }
-                        Err(error) => Some(DropReason::Undecodable(error)),
+                        return Ok(records.len() < limit);
                     }
-                } else {
-                    Some(DropReason::Missing)
-                };
-                if let Some(reason) = stop {
-                    return Ok(JournalRead {
-                        records,
-                        dropped: Some(Dropped {
-                            seq: expected,
-                            reason,
-                        }),
-                    });
+                    Err(error) => DropReason::Undecodable(error),
                 }
-                if records.len() >= limit {
-                    return Ok(JournalRead {
-                        records,
-                        dropped: None,
-                    });
-                }
-            }
-            match page.kvs.last() {
-                Some(last) if page.more => {
-                    start = last.key.clone();
-                    start.push(0);
-                }
-                _ => {
-                    return Ok(JournalRead {
-                        records,
-                        dropped: None,
-                    });
-                }
-            }
-        }
+            } else {
+                DropReason::Missing
+            };
+            dropped = Some(Dropped {
+                seq: expected,
+                reason,
+            });
+            Ok(false)
+        })?;
+        Ok(JournalRead { records, dropped })
     }
 
     /// A transaction that applies only while this store's leadership holds.
@@ -317,18 +292,23 @@ impl EtcdJournal {
         Txn::new().when_created_at(&self.leadership.key, self.leadership.revision)
     }
 
+    /// Visits the keys under `prefix` from `from` on, in key order and all at one revision,
+    /// page by page, while `visit` answers true.
     fn for_each_key(
         &self,
         prefix: &str,
-        mut visit: impl FnMut(&str, Vec<u8>) -> Result<(), JournalError>,
+        from: &[u8],
+        mut visit: impl FnMut(&str, &[u8]) -> Result<bool, JournalError>,
     ) -> Result<(), JournalError> {
-        let mut start = prefix.as_bytes().to_vec();
+        let mut start = from.to_vec();
         let mut revision = None;
         loop {
             let page = self.client.list_page(prefix, &start, PAGE_KEYS, revision)?;
             revision = Some(page.revision);
             for kv in &page.kvs {
-                visit(kv.key_str(), kv.value.clone())?;
+                if !visit(kv.key_str(), &kv.value)? {
+                    return Ok(());
+                }
             }
             match page.kvs.last() {
                 Some(last) if page.more => {

@@ -54,6 +54,11 @@ impl Keyspace {
         format!("{}assign/{node}/{agent}", self.root)
     }
 
+    /// Every node's reports.
+    pub fn all_reports(&self) -> String {
+        format!("{}reports/", self.root)
+    }
+
     pub fn reports(&self, node: &str) -> String {
         format!("{}reports/{node}/", self.root)
     }

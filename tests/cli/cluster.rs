@@ -176,10 +176,13 @@ fn controller_file(scratch: &Scratch, name: &str, port: u16, shared: &Path) -> P
     )
 }
 
-/// The replicas' shared API token, mode 0600 as `serve` requires.
-fn write_token(shared: &Path, token: &str) {
+/// A directory every replica and node reaches: the replicas' shared API token (mode 0600, as
+/// `serve` requires) and the snapshot replicas.
+fn shared_dir(scratch: &Scratch, token: &str) -> PathBuf {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
+    let shared = scratch.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -187,6 +190,27 @@ fn write_token(shared: &Path, token: &str) {
         .open(shared.join("token"))
         .unwrap();
     file.write_all(token.as_bytes()).unwrap();
+    shared
+}
+
+/// Two controller replicas, APIs on `port` and `port + 1`: the first started leads, the
+/// second waits as a standby.
+fn leader_and_standby(
+    scratch: &Scratch,
+    shared: &Path,
+    endpoints: &[String],
+    token: &str,
+    port: u16,
+) -> (Controller, Controller) {
+    let start = |name: &str, port: u16| {
+        let config = controller_file(scratch, name, port, shared);
+        Controller::start(&config, endpoints, port, token)
+    };
+    let leader = start("c1", port);
+    leader.wait_leading(Duration::from_secs(20));
+    let standby = start("c2", port + 1);
+    standby.wait_line("standby", Duration::from_secs(20));
+    (leader, standby)
 }
 
 /// Where each agent is assigned, read from etcd: agent id → node names.
@@ -255,10 +279,8 @@ fn a_lost_node_s_agents_run_elsewhere_and_a_standby_controller_takes_over_withou
 
     // The replicas share the API token and the key secrets are sealed with, as replicas of
     // one service do.
-    let shared = scratch.path().join("shared");
-    std::fs::create_dir_all(&shared).unwrap();
     let token = "cluster-test-token-0123456789abcdef";
-    write_token(&shared, token);
+    let shared = shared_dir(&scratch, token);
 
     let mut nodes: BTreeMap<String, RunningNode> = BTreeMap::new();
     for (name, ports) in [("n1", 34700), ("n2", 34800)] {
@@ -278,20 +300,7 @@ fn a_lost_node_s_agents_run_elsewhere_and_a_standby_controller_takes_over_withou
         nodes.insert(name.to_owned(), node);
     }
 
-    let first = Controller::start(
-        &controller_file(&scratch, "c1", 34900, &shared),
-        &endpoints,
-        34900,
-        token,
-    );
-    first.wait_leading(Duration::from_secs(20));
-    let second = Controller::start(
-        &controller_file(&scratch, "c2", 34901, &shared),
-        &endpoints,
-        34901,
-        token,
-    );
-    second.wait_line("standby", Duration::from_secs(20));
+    let (first, second) = leader_and_standby(&scratch, &shared, &endpoints, token, 34900);
 
     // Agents placed across both nodes, each running once.
     let names = ["a1", "a2", "a3", "a4"];
@@ -453,10 +462,8 @@ fn a_cut_off_node_fences_and_rejoins_clean_and_etcd_member_losses_stop_only_deci
     )
     .expect("a local etcd cluster in the hub namespace");
     let endpoints = etcd.endpoints();
-    let shared = scratch.path().join("shared");
-    std::fs::create_dir_all(&shared).unwrap();
     let token = "cluster-netns-token-0123456789abcdef";
-    write_token(&shared, token);
+    let shared = shared_dir(&scratch, token);
     let mut hosts = Vec::new();
     let mut nodes: BTreeMap<String, RunningNode> = BTreeMap::new();
     for index in 0..3 {
@@ -476,20 +483,7 @@ fn a_cut_off_node_fences_and_rejoins_clean_and_etcd_member_losses_stop_only_deci
         nodes.insert(name, node);
         hosts.push(host);
     }
-    let leader = Controller::start(
-        &controller_file(&scratch, "c1", 35300, &shared),
-        &endpoints,
-        35300,
-        token,
-    );
-    leader.wait_leading(Duration::from_secs(20));
-    let standby = Controller::start(
-        &controller_file(&scratch, "c2", 35301, &shared),
-        &endpoints,
-        35301,
-        token,
-    );
-    standby.wait_line("standby", Duration::from_secs(20));
+    let (leader, standby) = leader_and_standby(&scratch, &shared, &endpoints, token, 35300);
 
     let names = ["a1", "a2", "a3"];
     for name in names {

@@ -87,6 +87,15 @@ impl EtcdError {
     }
 }
 
+/// What [`Client::follow`] hands over: everything under the prefix, then its changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Followed {
+    /// Every key as of a revision: replaces what was known.
+    Listed(Vec<KeyValue>),
+    /// Changes since, in order.
+    Changed(Vec<WatchEvent>),
+}
+
 /// A page of keys read by [`Client::list_page`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Page {
@@ -467,6 +476,48 @@ impl Client {
             &serde_json::json!({ "revision": revision.to_string(), "physical": true }),
         )?;
         Ok(())
+    }
+
+    /// Follows `prefix` for as long as `handle` answers true: lists it and hands the listing
+    /// over, then watches from the revision listed (nothing is missed between the two), and
+    /// lists again whenever the watch breaks; waits `retry` after each failure. Blocks: run it
+    /// on a thread of its own.
+    pub fn follow(&self, prefix: &str, retry: Duration, mut handle: impl FnMut(Followed) -> bool) {
+        loop {
+            let (kvs, revision) = match self.list(prefix) {
+                Ok(listing) => listing,
+                Err(error) => {
+                    tracing::debug!(%error, prefix, "cannot list yet");
+                    std::thread::sleep(retry);
+                    continue;
+                }
+            };
+            if !handle(Followed::Listed(kvs)) {
+                return;
+            }
+            let mut watch = match self.watch(prefix, revision + 1) {
+                Ok(watch) => watch,
+                Err(error) => {
+                    tracing::debug!(%error, prefix, "cannot watch yet");
+                    std::thread::sleep(retry);
+                    continue;
+                }
+            };
+            loop {
+                match watch.next_batch() {
+                    Ok(batch) => {
+                        if !handle(Followed::Changed(batch.events)) {
+                            return;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, prefix, "a watch ended; listing again");
+                        std::thread::sleep(retry);
+                        break;
+                    }
+                }
+            }
+        }
     }
 
     /// Watches every key under `prefix` from `start` (inclusive).

@@ -5,9 +5,9 @@
 //! anew, with a new epoch.
 
 use super::protocol::{NodeReport, Registration};
-use carapace_cluster::etcd::{Txn, WatchEvent};
+use carapace_cluster::etcd::{Followed, Txn};
 use carapace_cluster::keys::Keyspace;
-use carapace_cluster::{Client, KeyValue, LeaseId, Revision};
+use carapace_cluster::{Client, LeaseId, Revision};
 use carapace_drivers::clock::Clock;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -29,14 +29,8 @@ pub enum LeaseNews {
     Expired,
 }
 
-/// What the watcher learns about the node's assignments.
-#[derive(Debug)]
-pub enum AssignmentNews {
-    /// Every assignment as of a revision: replaces what the node knew.
-    Listed(Vec<KeyValue>),
-    /// Changes since.
-    Changed(Vec<WatchEvent>),
-}
+/// What the watcher learns about the node's assignments: all of them, then their changes.
+pub type AssignmentNews = Followed;
 
 /// The lease a running node holds, kept on disk so that a restarted daemon resumes its
 /// session (and its epoch) while the lease lives.
@@ -230,47 +224,11 @@ fn spawn_watcher(
 ) {
     let client = membership.client.clone();
     let prefix = membership.keys.assignments(&membership.registration.name);
-    let retry = membership.renew_every;
+    let retry = membership.renew_every.min(Duration::from_millis(500));
     std::thread::spawn(move || {
-        while !ended.load(Ordering::Relaxed) {
-            // List, then watch from the revision listed: nothing is missed between the two.
-            let listed = match client.list(&prefix) {
-                Ok(listed) => listed,
-                Err(error) => {
-                    tracing::debug!(%error, "cannot list assignments yet");
-                    std::thread::sleep(retry);
-                    continue;
-                }
-            };
-            let (kvs, revision) = listed;
-            if news.send(AssignmentNews::Listed(kvs)).is_err() {
-                return;
-            }
-            let mut watch = match client.watch(&prefix, revision + 1) {
-                Ok(watch) => watch,
-                Err(error) => {
-                    tracing::debug!(%error, "cannot watch assignments yet");
-                    std::thread::sleep(retry);
-                    continue;
-                }
-            };
-            loop {
-                match watch.next_batch() {
-                    Ok(batch) => {
-                        if ended.load(Ordering::Relaxed)
-                            || news.send(AssignmentNews::Changed(batch.events)).is_err()
-                        {
-                            return;
-                        }
-                    }
-                    Err(error) => {
-                        tracing::debug!(%error, "the assignment watch ended; listing again");
-                        std::thread::sleep(retry.min(Duration::from_millis(500)));
-                        break;
-                    }
-                }
-            }
-        }
+        client.follow(&prefix, retry, |followed| {
+            !ended.load(Ordering::Relaxed) && news.send(followed).is_ok()
+        });
     });
 }
 

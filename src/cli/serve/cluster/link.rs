@@ -10,9 +10,9 @@
 //!   done with, in the order they were asked for, each write fenced by the leadership.
 
 use crate::cli::node::protocol::{Assignment, NodeReport, Registration};
-use carapace_cluster::etcd::{Txn, WatchEvent};
+use carapace_cluster::etcd::{Followed, Txn, WatchEvent};
 use carapace_cluster::keys::Keyspace;
-use carapace_cluster::{Client, EtcdError, KeyValue, Leadership, Revision};
+use carapace_cluster::{Client, KeyValue, Leadership, Revision};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -148,53 +148,8 @@ pub fn keep_lease(
     });
 }
 
-/// What a prefix holds, then how it changes.
-enum Seeing {
-    Listed(Vec<KeyValue>),
-    Changed(Vec<WatchEvent>),
-}
-
-/// Lists `prefix`, hands the listing over, then watches from the revision listed (nothing is
-/// missed between the two); lists again whenever the watch breaks. Stops when `handle`
-/// answers false.
-fn list_then_watch(client: &Client, prefix: &str, mut handle: impl FnMut(Seeing) -> bool) {
-    let retry = Duration::from_millis(500);
-    loop {
-        let (kvs, revision) = match client.list(prefix) {
-            Ok(listing) => listing,
-            Err(error) => {
-                tracing::debug!(%error, prefix, "cannot list yet");
-                std::thread::sleep(retry);
-                continue;
-            }
-        };
-        if !handle(Seeing::Listed(kvs)) {
-            return;
-        }
-        let mut watch = match client.watch(prefix, revision + 1) {
-            Ok(watch) => watch,
-            Err(error) => {
-                tracing::debug!(%error, prefix, "cannot watch yet");
-                std::thread::sleep(retry);
-                continue;
-            }
-        };
-        loop {
-            match watch.next_batch() {
-                Ok(batch) => {
-                    if !handle(Seeing::Changed(batch.events)) {
-                        return;
-                    }
-                }
-                Err(error) => {
-                    tracing::debug!(%error, prefix, "a watch ended; listing again");
-                    std::thread::sleep(retry);
-                    break;
-                }
-            }
-        }
-    }
-}
+/// How long a watcher waits after etcd failed it.
+const RETRY: Duration = Duration::from_millis(500);
 
 fn spawn_membership_watcher(settings: &LinkSettings, news: UnboundedSender<News>) {
     let client = settings.client.clone();
@@ -219,11 +174,11 @@ fn spawn_membership_watcher(settings: &LinkSettings, news: UnboundedSender<News>
                 }
             }
         };
-        list_then_watch(&client, &prefix, |seeing| match seeing {
-            Seeing::Listed(kvs) => news
+        client.follow(&prefix, RETRY, |followed| match followed {
+            Followed::Listed(kvs) => news
                 .send(News::Listed(kvs.iter().filter_map(seen).collect()))
                 .is_ok(),
-            Seeing::Changed(events) => events.iter().all(|event| {
+            Followed::Changed(events) => events.iter().all(|event| {
                 let sent = match event {
                     // A registration's first version; later puts are the same node.
                     WatchEvent::Put(kv) if kv.mod_revision == kv.create_revision => {
@@ -249,7 +204,7 @@ fn spawn_report_watcher(settings: &LinkSettings, news: UnboundedSender<News>) {
     let client = settings.client.clone();
     let keys = settings.keys.clone();
     std::thread::spawn(move || {
-        let prefix = format!("{}reports/", keys.root());
+        let prefix = keys.all_reports();
         // The last report handed over per node and epoch: a listing after a broken watch
         // repeats what was not deleted yet.
         let mut last: BTreeMap<(String, Revision), u64> = BTreeMap::new();
@@ -279,9 +234,9 @@ fn spawn_report_watcher(settings: &LinkSettings, news: UnboundedSender<News>) {
                 }
             }
         };
-        list_then_watch(&client, &prefix.clone(), |seeing| match seeing {
-            Seeing::Listed(kvs) => kvs.iter().all(&mut forward),
-            Seeing::Changed(events) => events.iter().all(|event| match event {
+        client.follow(&prefix.clone(), RETRY, |followed| match followed {
+            Followed::Listed(kvs) => kvs.iter().all(&mut forward),
+            Followed::Changed(events) => events.iter().all(|event| match event {
                 WatchEvent::Put(kv) => forward(kv),
                 // Deleted by this leader once taken, or gone with the node's lease.
                 WatchEvent::Delete(_) => true,
@@ -330,7 +285,7 @@ fn spawn_writer(
                         return;
                     }
                     Err(error) => {
-                        log_write_error(&error);
+                        tracing::warn!(%error, "an assignment write waits for etcd");
                         std::thread::sleep(wait);
                         wait = (wait * 2).min(Duration::from_secs(2));
                     }
@@ -341,10 +296,6 @@ fn spawn_writer(
     writes
 }
 
-fn log_write_error(error: &EtcdError) {
-    tracing::warn!(%error, "an assignment write waits for etcd");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,7 +303,7 @@ mod tests {
     #[test]
     fn report_keys_parse_back_to_their_parts() {
         let keys = Keyspace::default();
-        let prefix = format!("{}reports/", keys.root());
+        let prefix = keys.all_reports();
         assert_eq!(
             parse_report_key(&prefix, &keys.report("n-1", 42, 7)),
             Some(("n-1".to_owned(), 42, 7))

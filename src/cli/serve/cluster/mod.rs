@@ -19,7 +19,8 @@ use carapace_cluster::Revision;
 use carapace_cluster::keys::Keyspace;
 use carapace_cluster::{Client, Leadership};
 use carapace_engine::{
-    AgentId, Command, Input, Instance, NodeId, NodeSpec, Outcome, RegionId, ZoneId,
+    AgentId, Command, CommandId, Input, Instance, NodeId, NodeSpec, Outcome, RegionId, SnapshotId,
+    Version, ZoneId,
 };
 use carapace_store::Batch;
 use link::{Link, News, Seen};
@@ -44,13 +45,22 @@ pub struct Member {
     pub lost: bool,
 }
 
+/// Where a start command put an instance, and what it started it from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Placement {
+    node: NodeId,
+    start: CommandId,
+    version: Version,
+    snapshot: Option<SnapshotId>,
+}
+
 /// The leader's view of the cluster.
 #[derive(Debug)]
 pub struct Cluster {
     pub link: Link,
     pub members: BTreeMap<NodeId, Member>,
-    /// Each instance placed on a node and not stopped yet: the start command that placed it.
-    placed: BTreeMap<(AgentId, Instance), Command>,
+    /// Each instance placed on a node and not stopped yet, as its start command placed it.
+    placed: BTreeMap<(AgentId, Instance), Placement>,
     /// While the journal replays, bookkeeping only: what the journal says was done is done.
     pub replaying: bool,
 }
@@ -84,10 +94,22 @@ impl Daemon {
             return;
         };
         if let Command::Start {
-            agent, instance, ..
+            id,
+            agent,
+            instance,
+            node,
+            version,
+            snapshot,
+            ..
         } = command
         {
-            cluster.placed.insert((*agent, *instance), command.clone());
+            let placement = Placement {
+                node: *node,
+                start: *id,
+                version: *version,
+                snapshot: *snapshot,
+            };
+            cluster.placed.insert((*agent, *instance), placement);
         }
     }
 
@@ -96,13 +118,14 @@ impl Daemon {
         let Some(cluster) = &mut self.cluster else {
             return;
         };
-        let Some(Command::Start { node, .. }) = cluster.placed.remove(&(agent, instance)) else {
+        let Some(Placement { node, .. }) = cluster.placed.remove(&(agent, instance)) else {
             return;
         };
         // The key is per node and agent: a newer instance placed on the same node keeps it.
-        let newer_here = cluster.placed.iter().any(|((a, _), start)| {
-            *a == agent && matches!(start, Command::Start { node: n, .. } if *n == node)
-        });
+        let newer_here = cluster
+            .placed
+            .iter()
+            .any(|((a, _), placement)| *a == agent && placement.node == node);
         if let Some(member) = cluster.live_member(node)
             && !newer_here
             && !cluster.replaying
@@ -120,16 +143,12 @@ impl Daemon {
                 instance,
                 node,
                 ..
-            } => match self.assignment(agent, instance, None) {
-                Some((name, assignment)) => {
-                    let cluster = self.cluster.as_ref().expect("cluster mode");
-                    cluster.link.assign(&name, &assignment);
-                }
-                None => {
+            } => {
+                if !self.assign(agent, instance, |_| {}) {
                     tracing::warn!(%agent, %node, "a start on a node that is gone");
                     self.driver_finished(id, Outcome::Failed);
                 }
-            },
+            }
             Command::Stop {
                 id,
                 agent,
@@ -141,20 +160,14 @@ impl Daemon {
                     command: id,
                     snapshot,
                 };
-                match self.assignment(agent, instance, Some(order)) {
-                    Some((name, assignment)) => {
-                        let cluster = self.cluster.as_ref().expect("cluster mode");
-                        cluster.link.assign(&name, &assignment);
-                    }
-                    // The node is gone, and fenced itself: the instance is stopped.
-                    None => self.driver_finished(
-                        id,
-                        if snapshot.is_some() {
-                            Outcome::SnapshotFailed
-                        } else {
-                            Outcome::Succeeded
-                        },
-                    ),
+                // The node is gone, and fenced itself: the instance is stopped.
+                if !self.assign(agent, instance, |a| a.stop = Some(order)) {
+                    let outcome = if snapshot.is_some() {
+                        Outcome::SnapshotFailed
+                    } else {
+                        Outcome::Succeeded
+                    };
+                    self.driver_finished(id, outcome);
                 }
             }
             Command::TakeSnapshot {
@@ -163,17 +176,15 @@ impl Daemon {
                 instance,
                 snapshot,
                 ..
-            } => match self.assignment(agent, instance, None) {
-                Some((name, mut assignment)) => {
-                    assignment.take_snapshot = Some(SnapshotOrder {
-                        command: id,
-                        snapshot,
-                    });
-                    let cluster = self.cluster.as_ref().expect("cluster mode");
-                    cluster.link.assign(&name, &assignment);
+            } => {
+                let order = SnapshotOrder {
+                    command: id,
+                    snapshot,
+                };
+                if !self.assign(agent, instance, |a| a.take_snapshot = Some(order)) {
+                    self.driver_finished(id, Outcome::Failed);
                 }
-                None => self.driver_finished(id, Outcome::Failed),
-            },
+            }
             // Nodes keep no warm pool yet.
             Command::WarmUp { id, .. } => self.driver_finished(id, Outcome::Failed),
             Command::Throttle { agent, .. } => {
@@ -183,47 +194,59 @@ impl Daemon {
         }
     }
 
-    /// The assignment that runs (or, with `stop`, stops) a placed instance, and its node's
-    /// name; `None` when the instance's node is gone.
-    fn assignment(
+    /// Writes the assignment that runs a placed instance, with `order` applied to it (a stop
+    /// or snapshot order); false when the instance's node is gone.
+    fn assign(
         &self,
         agent: AgentId,
         instance: Instance,
-        stop: Option<StopOrder>,
-    ) -> Option<(String, Assignment)> {
-        let cluster = self.cluster.as_ref()?;
-        let Some(Command::Start {
-            id,
-            node,
-            version,
-            snapshot,
-            ..
-        }) = cluster.placed.get(&(agent, instance))
-        else {
-            return None;
+        order: impl FnOnce(&mut Assignment),
+    ) -> bool {
+        let cluster = self.cluster();
+        let Some(placement) = cluster.placed.get(&(agent, instance)) else {
+            return false;
         };
-        let member = cluster.live_member(*node)?;
-        let record = self.agents.get(&agent)?.clone();
-        Some((
-            member.name.clone(),
-            Assignment {
-                epoch: member.epoch,
-                record,
-                instance,
-                start_command: *id,
-                config_text: self.configs.get(&(agent, version.config)).cloned(),
-                snapshot: *snapshot,
-                stop,
-                take_snapshot: None,
-            },
-        ))
+        let (Some(member), Some(record)) =
+            (cluster.live_member(placement.node), self.agents.get(&agent))
+        else {
+            return false;
+        };
+        let mut assignment = Assignment {
+            epoch: member.epoch,
+            record: record.clone(),
+            instance,
+            start_command: placement.start,
+            config_text: self
+                .configs
+                .get(&(agent, placement.version.config))
+                .cloned(),
+            snapshot: placement.snapshot,
+            stop: None,
+            take_snapshot: None,
+        };
+        order(&mut assignment);
+        cluster.link.assign(&member.name, &assignment);
+        true
+    }
+
+    /// The cluster, in cluster mode (where every caller here runs).
+    fn cluster(&self) -> &Cluster {
+        self.cluster
+            .as_ref()
+            .expect("invariant: cluster bookkeeping runs in cluster mode")
+    }
+
+    fn cluster_mut(&mut self) -> &mut Cluster {
+        self.cluster
+            .as_mut()
+            .expect("invariant: cluster bookkeeping runs in cluster mode")
     }
 
     /// What the link learned, turned into engine inputs.
     pub fn on_cluster_news(&mut self, news: News) -> Result<(), Deposed> {
         match news {
             News::Listed(seen) => {
-                let cluster = self.cluster.as_ref().expect("cluster mode");
+                let cluster = self.cluster();
                 let gone: Vec<NodeId> = cluster
                     .members
                     .iter()
@@ -241,7 +264,7 @@ impl Daemon {
             }
             News::Joined(seen) => self.join_member(seen),
             News::Left { name } => {
-                let live = self.cluster.as_ref().and_then(|c| c.live(&name));
+                let live = self.cluster().live(&name);
                 if let Some((node, _)) = live {
                     self.lose_member(node);
                 }
@@ -252,20 +275,12 @@ impl Daemon {
                 epoch,
                 report,
             } => {
-                let member = self
-                    .cluster
-                    .as_ref()
-                    .and_then(|c| c.live(&node))
-                    .filter(|(_, m)| m.epoch == epoch);
+                let member = self.cluster().live(&node).filter(|(_, m)| m.epoch == epoch);
                 // A report of a registration the engine has lost is of a fenced node: what
                 // it says is over, and its key goes with the node's lease.
                 if member.is_some() {
                     self.on_node_report(&node, report);
-                    self.cluster
-                        .as_ref()
-                        .expect("cluster mode")
-                        .link
-                        .consumed(key);
+                    self.cluster().link.consumed(key);
                 }
             }
             News::Deposed(why) => return Err(Deposed(why)),
@@ -319,7 +334,7 @@ impl Daemon {
     }
 
     fn join_member(&mut self, seen: Seen) {
-        let cluster = self.cluster.as_ref().expect("cluster mode");
+        let cluster = self.cluster();
         if let Some((node, member)) = cluster.live(&seen.name) {
             if member.epoch == seen.epoch {
                 return;
@@ -327,7 +342,7 @@ impl Daemon {
             // Registered again: the old registration fenced itself; it is another node now.
             self.lose_member(node);
         }
-        let cluster = self.cluster.as_ref().expect("cluster mode");
+        let cluster = self.cluster();
         let id = NodeId(
             cluster
                 .members
@@ -352,27 +367,21 @@ impl Daemon {
         let mut batch = Batch::new();
         batch.put_desired(MEMBERS, u64::from(id.0), &member);
         tracing::info!(node = %member.name, epoch = member.epoch, %id, "a node joined");
-        self.cluster
-            .as_mut()
-            .expect("cluster mode")
-            .members
-            .insert(id, member);
+        self.cluster_mut().members.insert(id, member);
         if let Err(error) = self.apply(Input::JoinNode(spec), batch) {
             tracing::error!(%error, "the engine refused a node");
         }
     }
 
     fn lose_member(&mut self, node: NodeId) {
-        let cluster = self.cluster.as_mut().expect("cluster mode");
+        let cluster = self.cluster_mut();
         let Some(member) = cluster.members.get_mut(&node) else {
             return;
         };
         member.lost = true;
         let member = member.clone();
         cluster.link.forget_node(&member.name);
-        cluster
-            .placed
-            .retain(|_, start| !matches!(start, Command::Start { node: n, .. } if *n == node));
+        cluster.placed.retain(|_, placement| placement.node != node);
         tracing::warn!(node = %member.name, epoch = member.epoch, "a node is lost");
         let mut batch = Batch::new();
         batch.put_desired(MEMBERS, u64::from(node.0), &member);
@@ -403,13 +412,13 @@ impl Daemon {
         serde_json::json!({ "nodes": nodes })
     }
 
-    /// The members, as the journal left them (before it is replayed).
+    /// The members, as the journal left them (before it is replayed); none on one machine.
     pub(super) fn load_members(&mut self) -> anyhow::Result<()> {
-        let members = self.store.desired::<Member>(MEMBERS)?;
-        if let Some(cluster) = &mut self.cluster {
-            for (id, member) in members {
-                cluster.members.insert(NodeId(id as u32), member);
-            }
+        if self.cluster.is_none() {
+            return Ok(());
+        }
+        for (id, member) in self.store.desired::<Member>(MEMBERS)? {
+            self.cluster_mut().members.insert(NodeId(id as u32), member);
         }
         Ok(())
     }
