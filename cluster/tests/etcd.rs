@@ -24,7 +24,7 @@ fn cluster(name: &str, base_port: u16) -> LocalEtcd {
 
 #[test]
 fn keys_are_put_listed_and_deleted_across_members() {
-    let etcd = cluster("kv", 32000);
+    let etcd = cluster("kv", 12000);
     let client = etcd.client(Duration::from_secs(2));
     let first = client.put("/t/a/1", b"one", None).unwrap();
     let second = client.put("/t/a/2", b"two", None).unwrap();
@@ -42,7 +42,7 @@ fn keys_are_put_listed_and_deleted_across_members() {
 
 #[test]
 fn a_transaction_applies_only_while_its_comparisons_hold() {
-    let etcd = cluster("txn", 32200);
+    let etcd = cluster("txn", 12200);
     let client = etcd.client(Duration::from_secs(2));
     let created = client.put("/t/fence", b"x", None).unwrap();
     let held = client
@@ -74,7 +74,7 @@ fn a_transaction_applies_only_while_its_comparisons_hold() {
 
 #[test]
 fn a_key_under_a_lease_goes_when_the_lease_is_not_renewed() {
-    let etcd = cluster("lease", 32400);
+    let etcd = cluster("lease", 12400);
     let client = etcd.client(Duration::from_secs(2));
     let (lease, ttl) = client.grant(Duration::from_secs(2)).unwrap();
     assert_eq!(ttl, Duration::from_secs(2));
@@ -101,7 +101,7 @@ fn a_key_under_a_lease_goes_when_the_lease_is_not_renewed() {
 
 #[test]
 fn a_watch_sees_every_change_in_order_and_resumes_where_it_stopped() {
-    let etcd = cluster("watch", 32600);
+    let etcd = cluster("watch", 12600);
     let client = etcd.client(Duration::from_secs(2));
     let (_, revision) = client.list("/t/w/").unwrap();
     let mut watch = client.watch("/t/w/", revision + 1).unwrap();
@@ -131,7 +131,7 @@ fn a_watch_sees_every_change_in_order_and_resumes_where_it_stopped() {
 
 #[test]
 fn one_campaign_leads_and_a_deposed_leaders_fenced_write_is_refused() {
-    let etcd = cluster("election", 32800);
+    let etcd = cluster("election", 12800);
     let client = etcd.client(Duration::from_secs(2));
     let (first_lease, _) = client.grant(Duration::from_secs(30)).unwrap();
     let first = client
@@ -187,7 +187,7 @@ fn one_campaign_leads_and_a_deposed_leaders_fenced_write_is_refused() {
 
 #[test]
 fn the_client_carries_on_through_one_member_down_and_stops_without_a_quorum() {
-    let mut etcd = cluster("members", 33000);
+    let mut etcd = cluster("members", 13000);
     let client = etcd.client(Duration::from_secs(1));
     client.put("/t/k", b"before", None).unwrap();
     // The member the client prefers goes first.
@@ -230,7 +230,7 @@ fn the_leaders_journal_reads_back_whole_and_a_deposed_leader_cannot_append() {
     use carapace_store::{Batch, JournalEntry, JournalRecord};
     use std::sync::Arc;
 
-    let etcd = cluster("journal", 33110);
+    let etcd = cluster("journal", 13110);
     let client = Arc::new(etcd.client(Duration::from_secs(2)));
     let (lease, _) = client.grant(Duration::from_secs(30)).unwrap();
     let first = client.campaign("/j/election", b"first", lease).unwrap();

@@ -1,6 +1,9 @@
 //! A whole cluster on one machine: a real 3-member etcd on loopback, two `carapace node`
 //! daemons running the test agent in real pods, and two `carapace serve --etcd` controller
 //! replicas, of which etcd's election makes one the leader. Every wait has a deadline.
+//!
+//! Loopback ports are in 10,000–19,999: below the serve tests' blocks (20,000 up), the
+//! OpenClaw gateway tests' (30,000 up) and Linux's ephemeral range (32,768 up).
 
 use super::common::Scratch;
 use super::node::{RunningNode, named_node_file};
@@ -269,7 +272,7 @@ fn a_lost_node_s_agents_run_elsewhere_and_a_standby_controller_takes_over_withou
     let etcd = LocalEtcd::start(
         &scratch.path().join("etcd"),
         3,
-        34500,
+        14500,
         Duration::from_secs(30),
     )
     .expect("a local etcd cluster (scripts/install-etcd installs etcd)");
@@ -283,7 +286,7 @@ fn a_lost_node_s_agents_run_elsewhere_and_a_standby_controller_takes_over_withou
     let shared = shared_dir(&scratch, token);
 
     let mut nodes: BTreeMap<String, RunningNode> = BTreeMap::new();
-    for (name, ports) in [("n1", 34700), ("n2", 34800)] {
+    for (name, ports) in [("n1", 14700), ("n2", 14800)] {
         let parent = format!("carapace-test-cluster-{name}-{}", std::process::id());
         let dir = scratch.path().join(name);
         std::fs::create_dir_all(&dir).unwrap();
@@ -300,7 +303,7 @@ fn a_lost_node_s_agents_run_elsewhere_and_a_standby_controller_takes_over_withou
         nodes.insert(name.to_owned(), node);
     }
 
-    let (first, second) = leader_and_standby(&scratch, &shared, &endpoints, token, 34900);
+    let (first, second) = leader_and_standby(&scratch, &shared, &endpoints, token, 14900);
 
     // Agents placed across both nodes, each running once.
     let names = ["a1", "a2", "a3", "a4"];
@@ -455,7 +458,7 @@ fn a_cut_off_node_fences_and_rejoins_clean_and_etcd_member_losses_stop_only_deci
     let mut etcd = LocalEtcd::start_on(
         &scratch.path().join("etcd"),
         3,
-        35000,
+        15000,
         &net.hub_address(),
         Some(&net.hub()),
         Duration::from_secs(30),
@@ -473,7 +476,7 @@ fn a_cut_off_node_fences_and_rejoins_clean_and_etcd_member_losses_stop_only_deci
         let dir = scratch.path().join(&name);
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("node.toml");
-        std::fs::write(&config, named_node_file(&name, &endpoints, &parent, 35400)).unwrap();
+        std::fs::write(&config, named_node_file(&name, &endpoints, &parent, 15400)).unwrap();
         let node = RunningNode::start_with(
             carapace_cluster::netns::TestNet::command_in(&host, env!("CARGO_BIN_EXE_carapace")),
             &config,
@@ -483,7 +486,7 @@ fn a_cut_off_node_fences_and_rejoins_clean_and_etcd_member_losses_stop_only_deci
         nodes.insert(name, node);
         hosts.push(host);
     }
-    let (leader, standby) = leader_and_standby(&scratch, &shared, &endpoints, token, 35300);
+    let (leader, standby) = leader_and_standby(&scratch, &shared, &endpoints, token, 15300);
 
     let names = ["a1", "a2", "a3"];
     for name in names {

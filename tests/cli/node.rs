@@ -210,7 +210,7 @@ fn a_node_runs_its_assignments_fences_itself_when_cut_off_and_rejoins_as_a_new_n
         keys,
         epoch,
         node,
-    } = Loopback::start("node", 33200, 33500);
+    } = Loopback::start("node", 13200, 13500);
     let registration: Value =
         serde_json::from_slice(&client.get(&keys.node("n1")).unwrap().unwrap().value).unwrap();
     assert_eq!(registration["memory_bytes"], 4u64 << 30);
@@ -437,7 +437,7 @@ fn a_node_whose_cable_is_cut_stops_its_agent_before_its_lease_expires() {
     let etcd = LocalEtcd::start_on(
         &scratch.path().join("etcd"),
         3,
-        33700,
+        13700,
         &net.hub_address(),
         Some(&net.hub()),
         Duration::from_secs(30),
@@ -449,7 +449,7 @@ fn a_node_whose_cable_is_cut_stops_its_agent_before_its_lease_expires() {
     let cgroup_parent = format!("carapace-test-node-netns-{}", std::process::id());
     let config = scratch.file(
         "node.toml",
-        &node_file(&etcd.endpoints(), &cgroup_parent, 33900),
+        &node_file(&etcd.endpoints(), &cgroup_parent, 13900),
     );
     let node = RunningNode::start_with(
         TestNet::command_in(&host, env!("CARGO_BIN_EXE_carapace")),
@@ -519,7 +519,7 @@ fn pods_stop_their_agents_before_the_lease_expires_when_their_node_daemon_dies()
         keys,
         epoch,
         mut node,
-    } = Loopback::start("node-killed", 34200, 34400);
+    } = Loopback::start("node-killed", 14200, 14400);
     let pid = run_assigned(&client, &keys, epoch, 1);
     node.child.kill().unwrap();
     node.child.wait().unwrap();
