@@ -27,6 +27,8 @@ mod help;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 #[path = "cli/node.rs"]
 mod node;
+#[path = "cli/ports.rs"]
+mod ports;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 #[path = "cli/replay.rs"]
 mod replay;

@@ -168,10 +168,9 @@ fn real_openclaw_gateways_and_the_simulator_resolve_every_fault_by_the_same_rung
     let (openclaw, node_bin) = crate::supervise::openclaw();
     let scratch = Scratch::new("fidelity-openclaw");
     let mock = MockLlm::start();
-    // Beside the other OpenClaw test's ports (they run one at a time, but a port can linger).
-    let api_port = 47_005 + (std::process::id() % 20) as u16 * 10;
-    let base = 54_000 + (std::process::id() % 10) as u16 * 600;
-    let pods = format!("port_base = {base}\nport_stride = 120\nmax_pods = 5\n{PODS}");
+    let ports = crate::ports::FIDELITY;
+    ports.assert_free();
+    let pods = format!("{}{PODS}", ports.pods_table());
     // A gateway booting under load sometimes exits once before it is ready (OpenClaw's own
     // startup deadline) and is restarted in place; a kill within early_exit_ms of that restart
     // is, for real, a crash loop — from a boot the schedule does not hold. Settling past
@@ -181,7 +180,7 @@ fn real_openclaw_gateways_and_the_simulator_resolve_every_fault_by_the_same_rung
         "hang_probe_failures = 4\nearly_exit_ms = 10000",
     );
     assert_ne!(policy, POLICY, "the policy names hang_probe_failures");
-    let served = Served::start_with(&scratch, api_port, &pods, &policy);
+    let served = Served::start_with(&scratch, ports.api, &pods, &policy);
     let faults = json!([
         {"kind": "kill"},
         {"kind": "hang"},

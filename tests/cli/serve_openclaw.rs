@@ -46,10 +46,10 @@ fn three_openclaw_gateways_recover_from_a_kill_a_hang_and_a_broken_config() {
     let (openclaw, node_bin) = crate::supervise::openclaw();
     let scratch = Scratch::new("serve-openclaw");
     let mock = MockLlm::start();
-    let api_port = 47_000 + (std::process::id() % 20) as u16 * 10;
-    let base = 48_000 + (std::process::id() % 10) as u16 * 600;
-    let pods = format!("port_base = {base}\nport_stride = 120\nmax_pods = 5\n{PODS}");
-    let served = Served::start_with(&scratch, api_port, &pods, POLICY);
+    let ports = crate::ports::SERVE;
+    ports.assert_free();
+    let pods = format!("{}{PODS}", ports.pods_table());
+    let served = Served::start_with(&scratch, ports.api, &pods, POLICY);
     let body = |name: &str| gateway(name, &openclaw, &node_bin, mock.port);
     for name in ["claw-a", "claw-b", "claw-c"] {
         served.api("POST", "/v1/agents", Some(&body(name)));
@@ -381,11 +381,9 @@ fn an_openclaw_standby_is_adopted_by_hot_reload_and_survives_a_daemon_kill() {
     let (openclaw, node_bin) = crate::supervise::openclaw();
     let scratch = Scratch::new("serve-openclaw-warm");
     let mock = MockLlm::start();
-    let api_port = 47_000 + (std::process::id() % 20) as u16 * 10 + 5;
-    // A range of its own (4 pods of 120 ports per process), apart from the test above: a
-    // gateway of one test still dying cannot hold a port the other is given.
-    let base = 54_000 + (std::process::id() % 10) as u16 * 480;
-    let pods = format!("port_base = {base}\nport_stride = 120\nmax_pods = 4\n{PODS}");
+    let ports = crate::ports::WARM;
+    ports.assert_free();
+    let pods = format!("{}{PODS}", ports.pods_table());
     let body = |name: &str| gateway(name, &openclaw, &node_bin, mock.port);
     let mut template = body("template");
     let object = template.as_object_mut().expect("an object");
@@ -410,7 +408,7 @@ fn an_openclaw_standby_is_adopted_by_hot_reload_and_survives_a_daemon_kill() {
         "{POLICY}\n[policy.placement]\nwarm_pool_per_node = 1\n\n[warm_pool]\ntemplate_file = \"{}\"\n",
         template_file.display()
     );
-    let mut served = Served::start_with(&scratch, api_port, &pods, &policy);
+    let mut served = Served::start_with(&scratch, ports.api, &pods, &policy);
 
     let began = Instant::now();
     served.api("POST", "/v1/agents", Some(&body("claw-1")));

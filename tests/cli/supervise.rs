@@ -209,13 +209,10 @@ pub(crate) fn openclaw() -> (PathBuf, PathBuf) {
 
 /// A base port whose derived ports (up to +110) are free, as OpenClaw needs.
 fn free_port_block() -> u16 {
-    (0..40u16)
-        .map(|k| 30_000 + (std::process::id() as u16 % 50) * 240 + k * 120)
-        .find(|&base| {
-            [0, 1, 2, 110]
-                .iter()
-                .all(|d| TcpListener::bind(("127.0.0.1", base + d)).is_ok())
-        })
+    use crate::ports::{GATEWAY_STRIDE, SUPERVISE_GATEWAYS, block_is_free};
+    (0..2u16)
+        .map(|k| SUPERVISE_GATEWAYS + k * GATEWAY_STRIDE)
+        .find(|&base| block_is_free(base, &[0, 1, 2, 110]))
         .expect("a free block of ports")
 }
 

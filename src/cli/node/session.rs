@@ -183,12 +183,18 @@ fn spawn_keeper(
     let clock = membership.clock;
     let every = membership.renew_every;
     let trust_leaderless = membership.trust_leaderless_members;
+    // After a failure that settled nothing (a member still names a leader it has lost, or
+    // answers late), the next try comes sooner: the fence leaves only a few renewal periods,
+    // and a surviving member learns it is alone within an election timeout.
+    let retry = (every / 4).max(Duration::from_millis(100));
     std::thread::spawn(move || {
+        let mut pause = every;
         while !ended.load(Ordering::Relaxed) {
-            std::thread::sleep(every);
+            std::thread::sleep(pause);
             if ended.load(Ordering::Relaxed) {
                 return;
             }
+            pause = every;
             let sent_ms = clock.now().0;
             match client.keep_alive(lease) {
                 Ok(Some(_)) => {
@@ -202,14 +208,16 @@ fn spawn_keeper(
                 }
                 Err(error) => {
                     tracing::warn!(%error, "the lease was not renewed");
+                    pause = retry;
                     if !trust_leaderless {
                         continue; // the watchdog counts the silence
                     }
                     let asked_ms = clock.now().0;
-                    if client.members().leaderless()
-                        && news.send(LeaseNews::Leaderless { asked_ms }).is_err()
-                    {
-                        return;
+                    if client.members().leaderless() {
+                        pause = every;
+                        if news.send(LeaseNews::Leaderless { asked_ms }).is_err() {
+                            return;
+                        }
                     }
                 }
             }
