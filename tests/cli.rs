@@ -50,6 +50,10 @@ mod serve_openclaw;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 #[path = "cli/serve_warm.rs"]
 mod serve_warm;
+// Rollouts on real test agents, in real time.
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)]
+#[path = "cli/serve_rollout.rs"]
+mod serve_rollout;
 #[path = "cli/tune.rs"]
 mod tune;
 #[path = "cli/validate.rs"]

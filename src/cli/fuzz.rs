@@ -163,7 +163,9 @@ fn fuzz_api_bodies() {
     let agent: &[u8] = br#"{"name":"a","tenant":1,"memory_limit":"1GiB","memory_request":512,"command":["x","{port}"],"env":{"K":"v"},"probe":"http://127.0.0.1:{port}/readyz","config":{"port":"{port}","a":[1,2,{"b":null}]},"validate":["v"]}"#;
     let tenant: &[u8] =
         br#"{"id":3,"name":"acme","quota":{"max_agents":5,"max_memory_bytes":1000}}"#;
-    fuzz("API bodies", 4, &[agent, tenant], |bytes| {
+    let rollout: &[u8] =
+        br#"{"agents":["a","b"],"wave_size":2,"config_patch":{"a":{"b":null,"c":{"d":1}},"e":"f"}}"#;
+    fuzz("API bodies", 4, &[agent, tenant, rollout], |bytes| {
         super::serve::fuzz_bodies(bytes)
     });
 }

@@ -835,6 +835,8 @@ fn the_api_refuses_bad_requests_with_the_field_and_changes_nothing() {
     for path in [
         "/v1/agents/{name}/versions",
         "/v1/agents",
+        "/v1/rollouts",
+        "/v1/rollouts/{id}",
         "/v1/agents/{name}",
         "/v1/events",
         "/v1/alerts",

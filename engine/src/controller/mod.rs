@@ -128,7 +128,11 @@ pub struct AgentView {
     pub status: AgentStatus,
     pub instance: Instance,
     pub node: Option<NodeId>,
+    /// The version the agent runs (or is starting at).
     pub version: crate::Version,
+    /// The version it should run: ahead of `version` while a change or a rollout's wave is
+    /// under way, back to the old one after a rollback.
+    pub desired_version: crate::Version,
     pub known_good: Option<crate::Version>,
     pub latest_snapshot: Option<SnapshotId>,
     pub rung: Option<crate::Rung>,
@@ -282,6 +286,7 @@ impl Controller {
             instance: agent.instance,
             node: agent.node,
             version: agent.version,
+            desired_version: agent.spec.version,
             known_good: agent.snapshots.known_good.map(|(v, _)| v),
             latest_snapshot: agent.snapshots.latest,
             rung: agent.incident.map(|i| i.rung),

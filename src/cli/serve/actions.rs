@@ -118,7 +118,7 @@ impl Daemon {
         request.config = config;
         let record = AgentRecord {
             id,
-            version: Version::new(old.version.runtime, old.version.config + 1),
+            version: Version::new(old.version.runtime, self.next_config_version(id)),
             request,
         };
         assert!(

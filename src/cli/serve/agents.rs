@@ -246,12 +246,13 @@ pub fn fresh_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A new version for a changed request: the config revision moves when the config does.
-pub fn next_version(old: &AgentRecord, new: &AgentRequest) -> Version {
+/// A new version for a changed request: the config revision moves (to `next_config`, past
+/// every one the agent has used) when the config does.
+pub fn next_version(old: &AgentRecord, new: &AgentRequest, next_config: u32) -> Version {
     if old.request.config == new.config {
         old.version
     } else {
-        Version::new(RUNTIME, old.version.config + 1)
+        Version::new(RUNTIME, next_config)
     }
 }
 

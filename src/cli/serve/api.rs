@@ -6,6 +6,7 @@ use super::actions::RestoreRequest;
 use super::agents::AgentRequest;
 use super::daemon::ApiError;
 use super::feed::FeedEntry;
+use super::rollouts::RolloutRequest;
 use super::tenants::{Caller, Keys, RateLimits, TenantRequest};
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
@@ -67,6 +68,15 @@ pub enum Request {
     DrainNode {
         node: u32,
     },
+    /// A config change staged across agents of `tenant`.
+    StartRollout {
+        tenant: u32,
+        request: RolloutRequest,
+    },
+    Rollouts,
+    Rollout {
+        id: u32,
+    },
     Events {
         after: u64,
     },
@@ -125,6 +135,8 @@ pub fn router(
         .route("/v1/agents/{name}/recreate", post(recreate_agent))
         .route("/v1/agents/{name}/restore", post(restore_agent))
         .route("/v1/nodes/{node}/drain", post(drain_node))
+        .route("/v1/rollouts", get(list_rollouts).post(start_rollout))
+        .route("/v1/rollouts/{id}", get(show_rollout))
         .route("/v1/incidents", get(incidents))
         .route("/v1/agents/{name}/secrets", get(list_secrets))
         .route(
@@ -398,6 +410,45 @@ async fn drain_node(
         Err(_) => error(
             StatusCode::BAD_REQUEST,
             "node: must be a node id (a number)",
+        ),
+    }
+}
+
+async fn start_rollout(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    scope: Scoped,
+    body: Result<axum::Json<RolloutRequest>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(axum::Json(request)) => created(
+            ask_scoped(&state, caller, scope, |tenant| Request::StartRollout {
+                tenant,
+                request,
+            })
+            .await,
+        ),
+        Err(rejection) => bad_body(rejection),
+    }
+}
+
+async fn list_rollouts(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    ask(&state, caller, Request::Rollouts).await
+}
+
+async fn show_rollout(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    id: Result<Path<u32>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    match id {
+        Ok(Path(id)) => ask(&state, caller, Request::Rollout { id }).await,
+        Err(_) => error(
+            StatusCode::BAD_REQUEST,
+            "id: must be a rollout id (a number)",
         ),
     }
 }

@@ -15,7 +15,7 @@ use super::feed::{FeedEntry, FeedKind, describe};
 use crate::cli::journal::{command_kind, recorded_policy};
 use carapace_engine::{
     AgentId, Command, CommandId, Controller, EngineConfig, EngineError, Input, Instance, Millis,
-    NodeId, NodeSpec, Outcome, PostMortem, RegionId, ZoneId,
+    NodeId, NodeSpec, Outcome, PostMortem, RegionId, RolloutState, ZoneId,
 };
 use carapace_store::{Batch, JournalEntry, JournalRecord};
 use serde::{Deserialize, Serialize};
@@ -86,6 +86,8 @@ pub struct Daemon {
     pub(super) next_agent: u32,
     pub replayed: Replayed,
     pub journal_records: u64,
+    /// Rollouts started through the API, with what the engine reported of them.
+    pub(super) rollouts: super::rollouts::Rollouts,
 }
 
 impl Daemon {
@@ -133,9 +135,12 @@ impl Daemon {
             next_agent: 0,
             replayed: Replayed::default(),
             journal_records: 0,
+            rollouts: super::rollouts::Rollouts::default(),
         };
         daemon.load_desired()?;
         daemon.replay()?;
+        let rolled_back = daemon.rolled_back_agents();
+        daemon.follow_engine_versions(&rolled_back);
         if let Some(cluster) = &mut daemon.cluster {
             cluster.replaying = false;
         }
@@ -187,6 +192,7 @@ impl Daemon {
         for (id, cursor) in self.store.desired::<Cursor>(CURSORS)? {
             self.cursors.insert(AgentId(id as u32), cursor);
         }
+        self.load_rollouts()?;
         self.next_agent = self
             .store
             .meta("next_agent")?
@@ -261,6 +267,9 @@ impl Daemon {
     /// Bookkeeping of a command, live or replayed.
     pub(super) fn note_issued(&mut self, at: Millis, command: &Command) {
         self.note_placed(command);
+        if let Command::ReportRollout { rollout, state } = command {
+            self.note_rollout(*rollout, *state);
+        }
         if let Some(id) = command.id() {
             self.in_flight.insert(id, command.clone());
         }
@@ -344,6 +353,14 @@ impl Daemon {
     /// Carries one command out: through this machine's process driver, or as assignments to
     /// the cluster's nodes.
     pub(super) fn execute(&mut self, command: Command) {
+        if let Command::ReportRollout {
+            state: RolloutState::RolledBack { .. },
+            ..
+        } = command
+        {
+            let rolled_back = self.rolled_back_agents();
+            self.follow_engine_versions(&rolled_back);
+        }
         if self.cluster.is_some() {
             self.execute_on_cluster(command);
         } else {

@@ -95,7 +95,7 @@ impl Daemon {
         let old = &self.agents[&id];
         let record = AgentRecord {
             id,
-            version: next_version(old, &request),
+            version: next_version(old, &request, self.next_config_version(id)),
             request,
         };
         self.commit_update(record)
@@ -105,6 +105,7 @@ impl Daemon {
     /// one step; on refusal, the desired state is as it was.
     pub(super) fn commit_update(&mut self, record: AgentRecord) -> Result<AgentRecord, ApiError> {
         let id = record.id;
+        self.refuse_in_rollout(id)?;
         let mut batch = Batch::new();
         batch.put_desired(AGENTS, u64::from(id.0), &record);
         if let Some(text) = record.config_text() {
@@ -120,6 +121,7 @@ impl Daemon {
 
     pub fn remove(&mut self, tenant: u32, name: &str) -> Result<(), ApiError> {
         let id = self.id_of(tenant, name)?;
+        self.refuse_in_rollout(id)?;
         let mut batch = Batch::new();
         batch.remove_desired(AGENTS, u64::from(id.0));
         batch.remove_desired(super::secrets::SECRETS, u64::from(id.0));
@@ -212,6 +214,7 @@ impl Daemon {
             ));
         }
         let id = self.id_of(tenant, name)?;
+        self.refuse_in_rollout(id)?;
         check_name(secret).map_err(ApiError::BadRequest)?;
         let mut sealed = self.secrets.get(&id).cloned().unwrap_or_default();
         match value {
@@ -245,7 +248,7 @@ impl Daemon {
         }
         let old = self.agents[&id].clone();
         let record = AgentRecord {
-            version: Version::new(old.version.runtime, old.version.config + 1),
+            version: Version::new(old.version.runtime, self.next_config_version(id)),
             ..old
         };
         let mut batch = Batch::new();

@@ -2,7 +2,7 @@
 //! reported, one line each, for `GET /v1/events`, chaos and operators.
 
 use carapace_drivers::supervise::Event;
-use carapace_engine::Command;
+use carapace_engine::{Command, RolloutState};
 use serde::Serialize;
 
 /// One entry of the daemon's event feed (`GET /v1/events`).
@@ -98,7 +98,15 @@ pub(super) fn describe(command: &Command) -> String {
             format!("critical alert: {:?}, parked", post_mortem.cause)
         }
         Command::WarmUp { .. } => "warm up".to_owned(),
-        Command::ReportRollout { rollout, state } => format!("{rollout}: {state:?}"),
+        Command::ReportRollout { rollout, state } => match state {
+            RolloutState::WaveStarted { wave, agents } => {
+                format!("{rollout}: wave {wave} started ({agents} agents)")
+            }
+            RolloutState::Completed => format!("{rollout}: completed"),
+            RolloutState::RolledBack { failed_agent } => {
+                format!("{rollout}: rolled back, {failed_agent} failed on the new version")
+            }
+        },
         Command::Reject { reason } => format!("refused: {reason}"),
         other => format!("{other:?}"),
     }

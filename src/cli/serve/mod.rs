@@ -18,6 +18,7 @@ mod incidents;
 mod memory;
 mod reports;
 mod restart;
+mod rollouts;
 mod secrets;
 mod tenants;
 mod warm;
@@ -350,6 +351,14 @@ fn answer(daemon: &mut Daemon, caller: Caller, request: Request) -> api::Answer 
             daemon.drain(node)?;
             Ok(json!({ "draining": node }))
         }
+        Request::StartRollout { tenant, request } => daemon.start_rollout(tenant, request),
+        Request::Rollouts => Ok(json!({ "rollouts": daemon.rollout_views(|t| caller.sees(t)) })),
+        Request::Rollout { id } => daemon
+            .rollout_tenant(id)
+            .filter(|&tenant| caller.sees(tenant))
+            .and_then(|_| daemon.rollout_view(id))
+            // Another tenant's rollout answers exactly as one that does not exist.
+            .ok_or_else(|| ApiError::NotFound(format!("no rollout {id}"))),
         Request::Incidents => {
             let seen = daemon
                 .feed
@@ -440,6 +449,7 @@ fn agent_view(daemon: &Daemon, id: carapace_engine::AgentId) -> Value {
         view["status"] = json!(status.status);
         view["instance"] = json!(status.instance.0);
         view["running_version"] = json!(status.version);
+        view["desired_version"] = json!(status.desired_version);
         view["known_good"] = json!(status.known_good);
         view["latest_snapshot"] = json!(status.latest_snapshot.map(|s| s.0));
         view["rung"] = json!(status.rung);
@@ -810,5 +820,11 @@ pub fn fuzz_bodies(bytes: &[u8]) {
     }
     if let Ok(request) = serde_json::from_slice::<tenants::TenantRequest>(bytes) {
         let _ = request.check();
+    }
+    if let Ok(request) = serde_json::from_slice::<rollouts::RolloutRequest>(bytes)
+        && request.check().is_ok()
+    {
+        let mut config = serde_json::json!({"port": "{port}", "a": {"b": [1]}});
+        rollouts::merge_patch(&mut config, &request.config_patch);
     }
 }
