@@ -21,6 +21,13 @@ pub fn sample(dist: &Dist, u1: f64, u2: f64) -> Millis {
             let value = median.ms() as f64 * libm::exp(sigma * z);
             Millis(value.clamp(0.0, 1e15) as u64)
         }
+        Dist::Deciles { deciles } => {
+            let at = u1.clamp(0.0, 1.0) * 10.0;
+            let index = (at as usize).min(9);
+            let (low, high) = (deciles[index].ms(), deciles[index + 1].ms());
+            let within = at - index as f64;
+            Millis(low + (within * high.saturating_sub(low) as f64) as u64)
+        }
     }
 }
 
@@ -65,6 +72,25 @@ mod tests {
         let p90 = samples[samples.len() * 9 / 10] as f64;
         assert!((median / 13_000.0 - 1.0).abs() < 0.03, "median {median}");
         assert!((p90 / 16_000.0 - 1.0).abs() < 0.03, "p90 {p90}");
+    }
+
+    #[test]
+    fn deciles_are_drawn_between_their_neighbours_and_keep_their_mass() {
+        // A boot seen at one of two probe ticks: 60% at 200 ms, 40% at 300 ms.
+        let ms = |v| Span(Millis(v));
+        let deciles = [200, 200, 200, 200, 200, 200, 200, 300, 300, 300, 300].map(ms);
+        let dist = Dist::Deciles { deciles };
+        let n = 10_000u32;
+        let samples: Vec<u64> = (0..n)
+            .map(|k| sample(&dist, (f64::from(k) + 0.5) / f64::from(n), 0.5).0)
+            .collect();
+        assert!(samples.iter().all(|&v| (200..=300).contains(&v)));
+        let at_200 = samples.iter().filter(|&&v| v == 200).count();
+        let at_300 = samples.iter().filter(|&&v| v == 300).count();
+        // The jump between the 6th and 7th decile is smeared over that tenth of the mass.
+        assert!((6_000..=6_020).contains(&at_200), "{at_200} at 200 ms");
+        assert_eq!(at_300, 3_000);
+        assert_eq!(sample(&dist, 0.65, 0.0).0, 250);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! restarted in place to ready (`boot_after_crash`), and a stop decision to the start that
 //! follows it (`stop`). Each phase is fitted as the simulator's log-normal — by its median and
 //! 90th percentile, the very parameters a scenario gives — and the fit is judged by the
-//! Kolmogorov–Smirnov distance between the samples and the fitted distribution.
+//! Kolmogorov–Smirnov distance between the samples and the fitted distribution. Where it fits
+//! badly, the phase is written as its observed deciles instead.
 
 use super::EXIT_BAD_INPUT;
 use carapace_engine::Millis;
@@ -136,25 +137,40 @@ fn fragment(dirs: &[PathBuf], samples: &mut BTreeMap<String, Vec<u64>>) -> Strin
             field,
             phase,
             meaning,
-            samples,
+            samples: count,
             fit,
         } = fitted;
         match fit {
-            _ if samples == 0 => {
+            _ if count == 0 => {
                 let _ = writeln!(text, "# {field}: no samples of `{phase}` ({meaning})");
             }
             None => {
                 let _ = writeln!(
                     text,
-                    "# {field}: {samples} sample(s) of `{phase}`, fewer than {MIN_SAMPLES}: not fitted"
+                    "# {field}: {count} sample(s) of `{phase}`, fewer than {MIN_SAMPLES}: not fitted"
+                );
+            }
+            Some(fit) if fit.prefer_deciles(count) => {
+                let _ = writeln!(
+                    text,
+                    "# {meaning}: n = {count}; a log-normal fits badly (KS distance {:.3} > \
+                     {LOG_NORMAL_KS_MAX}), so the observed deciles",
+                    fit.ks
+                );
+                // fit_phases sorted them.
+                let values = samples.get(phase).map_or(&[][..], Vec::as_slice);
+                let spans: Vec<String> = deciles(values)
+                    .iter()
+                    .map(|v| format!("\"{v}ms\""))
+                    .collect();
+                let _ = writeln!(
+                    text,
+                    "{field} = {{ kind = \"deciles\", deciles = [{}] }}",
+                    spans.join(", ")
                 );
             }
             Some(fit) => {
-                let _ = writeln!(
-                    text,
-                    "# {meaning}: n = {samples}, KS distance {:.3}",
-                    fit.ks
-                );
+                let _ = writeln!(text, "# {meaning}: n = {count}, KS distance {:.3}", fit.ks);
                 let _ = writeln!(
                     text,
                     "{field} = {{ kind = \"log_normal\", median = \"{}ms\", p90 = \"{}ms\" }}",
@@ -199,6 +215,12 @@ fn hung_stop_line(text: &mut String, samples: &mut BTreeMap<String, Vec<u64>>) {
     }
 }
 
+/// A log-normal whose KS distance to its samples is beyond this fits them badly: the
+/// observed deciles describe them instead.
+pub const LOG_NORMAL_KS_MAX: f64 = 0.1;
+/// Deciles need this many samples to be eleven distinct order statistics.
+pub const MIN_DECILE_SAMPLES: usize = 11;
+
 /// A log-normal fitted by its median and 90th percentile, and how well it fits.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Fit {
@@ -209,6 +231,11 @@ pub struct Fit {
 }
 
 impl Fit {
+    /// Whether the observed deciles should stand in for this log-normal over `samples`.
+    pub fn prefer_deciles(&self, samples: usize) -> bool {
+        self.ks > LOG_NORMAL_KS_MAX && samples >= MIN_DECILE_SAMPLES
+    }
+
     /// `sorted` must be ascending and non-empty.
     pub fn of(sorted: &[u64]) -> Fit {
         assert!(!sorted.is_empty(), "a fit needs samples");
@@ -223,6 +250,12 @@ impl Fit {
             ks: ks_distance(sorted, median as f64, p90 as f64),
         }
     }
+}
+
+/// The minimum, the nine deciles and the maximum of ascending, non-empty samples.
+pub fn deciles(sorted: &[u64]) -> [u64; 11] {
+    assert!(!sorted.is_empty() && sorted.is_sorted(), "sorted samples");
+    std::array::from_fn(|k| sorted[((sorted.len() - 1) as f64 * k as f64 / 10.0).round() as usize])
 }
 
 /// sup |F_n(x) − F(x)| for the log-normal with this median and 90th percentile.
@@ -343,6 +376,41 @@ mod tests {
             .collect();
         bimodal.sort_unstable();
         assert!(Fit::of(&bimodal).ks > 0.3);
+        assert!(Fit::of(&bimodal).prefer_deciles(bimodal.len()));
+        assert!(!fit.prefer_deciles(sample.len()));
+    }
+
+    #[test]
+    fn a_phase_the_log_normal_fits_badly_is_written_as_its_deciles_and_validates() {
+        // A boot seen at one of two probe ticks.
+        let two_point: Vec<u64> = (0..30)
+            .map(|k| if k % 3 == 0 { 300 } else { 200 })
+            .collect();
+        let mut samples = BTreeMap::from([("boot".to_owned(), two_point)]);
+        let text = fragment(&[PathBuf::from("run")], &mut samples);
+        let expected = "boot = { kind = \"deciles\", deciles = [\"200ms\", \"200ms\", \"200ms\", \
+                        \"200ms\", \"200ms\", \"200ms\", \"200ms\", \"300ms\", \"300ms\", \
+                        \"300ms\", \"300ms\"] }";
+        assert!(text.contains(expected), "{text}");
+        let scenario: carapace_sim::scenario::Latency = toml::from_str::<toml::Table>(&text)
+            .expect("TOML")["latency"]
+            .clone()
+            .try_into()
+            .expect("a [latency] table the simulator reads");
+        assert!(matches!(
+            scenario.boot,
+            carapace_sim::scenario::Dist::Deciles { .. }
+        ));
+    }
+
+    #[test]
+    fn deciles_are_the_order_statistics_at_each_tenth() {
+        let sorted: Vec<u64> = (0..=100).collect();
+        assert_eq!(
+            deciles(&sorted),
+            [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
+        );
+        assert_eq!(deciles(&[7]), [7; 11]);
     }
 
     #[test]

@@ -175,7 +175,13 @@ fn chaos_runs_calibrate_the_simulators_latency_model_into_a_valid_scenario() {
         let fitted = latency
             .get(field)
             .unwrap_or_else(|| panic!("{field} fitted: {text}"));
-        assert_eq!(fitted["kind"].as_str(), Some("log_normal"), "{text}");
+        // A log-normal, or the observed deciles where it fits badly (a boot seen at one of
+        // two probe ticks), said so in the comment.
+        match fitted["kind"].as_str() {
+            Some("log_normal") => {}
+            Some("deciles") => assert!(text.contains("fits badly"), "{text}"),
+            other => panic!("{field} fitted as {other:?}: {text}"),
+        }
     }
     assert!(text.contains("KS distance"), "{text}");
     // The fragment is a scenario's: the simulator takes it as it is.

@@ -432,6 +432,9 @@ fn check_dist(dist: &Dist) -> Result<(), String> {
         Dist::LogNormal { median, p90 } if median.ms() == 0 || p90 < median => {
             Err("needs 0 < median <= p90".into())
         }
+        Dist::Deciles { deciles } if !deciles.is_sorted() => {
+            Err("deciles must not decrease (minimum, the nine deciles, maximum)".into())
+        }
         _ => Ok(()),
     }
 }

@@ -249,6 +249,12 @@ pub enum Dist {
         median: Span,
         p90: Span,
     },
+    /// As observed: the minimum, the nine deciles and the maximum, ascending, drawn by linear
+    /// interpolation between neighbours. For a phase no two-parameter shape fits, such as a
+    /// boot that a probe sees at one of two ticks.
+    Deciles {
+        deciles: [Span; 11],
+    },
 }
 
 /// The driver's latencies; defaults calibrated on real OpenClaw gateways on 2-core machines.

@@ -186,6 +186,10 @@ fn describe(dist: &carapace_sim::scenario::Dist) -> String {
         Dist::LogNormal { median, p90 } => {
             format!("log-normal, median {} ms, p90 {} ms", median.0.0, p90.0.0)
         }
+        Dist::Deciles { deciles } => format!(
+            "observed deciles, {}–{} ms, median {} ms",
+            deciles[0].0.0, deciles[10].0.0, deciles[5].0.0
+        ),
     }
 }
 

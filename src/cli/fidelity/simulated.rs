@@ -235,7 +235,8 @@ pub fn run(
 }
 
 /// The simulator's distribution for one phase's sorted samples, `lag` ms earlier: the
-/// log-normal by median and p90 once there are `min_samples`; before that, the observed
+/// log-normal by median and p90 once there are `min_samples` (their observed deciles where
+/// the log-normal fits them badly, as a boot seen at one of two probe ticks); before that, the observed
 /// range, uniform — a log-normal through three samples of a bimodal phase (a stop that is
 /// instant, or waits out the grace period) has a tail that reaches minutes.
 fn model(sorted: &[u64], min_samples: usize, lag: u64) -> Option<Dist> {
@@ -243,9 +244,15 @@ fn model(sorted: &[u64], min_samples: usize, lag: u64) -> Option<Dist> {
     let (&low, &high) = (sorted.first()?, sorted.last()?);
     Some(if sorted.len() >= min_samples.max(3) {
         let fit = crate::cli::calibrate::Fit::of(sorted);
-        Dist::LogNormal {
-            median: at(fit.median.0),
-            p90: at(fit.p90.0),
+        if fit.prefer_deciles(sorted.len()) {
+            Dist::Deciles {
+                deciles: crate::cli::calibrate::deciles(sorted).map(at),
+            }
+        } else {
+            Dist::LogNormal {
+                median: at(fit.median.0),
+                p90: at(fit.p90.0),
+            }
         }
     } else if low == high {
         Dist::Constant { value: at(low) }

@@ -125,13 +125,14 @@ impl Rollouts {
         }
     }
 
-    /// Rollouts that finished, oldest first, beyond what the API keeps.
-    fn surplus(&self) -> Vec<u32> {
+    /// Finished rollouts, oldest first, to let go so that the API keeps at most `MAX_KEPT`
+    /// once `adding` more are kept.
+    fn surplus(&self, adding: usize) -> Vec<u32> {
         let finished = self
             .records
             .keys()
             .filter(|id| self.progress.get(id).is_some_and(|p| p.finished()));
-        let over = self.records.len().saturating_sub(MAX_KEPT);
+        let over = (self.records.len() + adding).saturating_sub(MAX_KEPT);
         finished.take(over).copied().collect()
     }
 }
@@ -218,7 +219,8 @@ impl Daemon {
             batch.put_desired(CONFIGS, config_key(record.id, config_version), &text);
         }
         batch.put_desired(ROLLOUTS, u64::from(rollout.id), &rollout);
-        for old in self.rollouts.surplus() {
+        let let_go = self.rollouts.surplus(1);
+        for &old in &let_go {
             batch.remove_desired(ROLLOUTS, u64::from(old));
         }
         let previous: Vec<(AgentRecord, Option<AgentRecord>)> = records
@@ -243,7 +245,7 @@ impl Daemon {
             self.rollouts.forget(rollout.id);
             return Err(error.into());
         }
-        for old in self.rollouts.surplus() {
+        for old in let_go {
             self.rollouts.forget(old);
         }
         Ok(self.rollout_view(rollout.id).expect("just started"))
