@@ -167,7 +167,7 @@ fn a_rollout_moves_every_agent_wave_by_wave_and_a_failing_one_rolls_back() {
 }
 
 #[test]
-fn a_bad_rollout_request_is_refused_naming_the_field_and_changes_nothing() {
+fn a_bad_rollout_request_is_refused_naming_the_field_and_another_tenant_sees_no_rollout() {
     let scratch = Scratch::new("serve-rollout-bad");
     let served = Served::start(&scratch);
     served.create_running("only");
@@ -221,4 +221,31 @@ fn a_bad_rollout_request_is_refused_naming_the_field_and_changes_nothing() {
     );
     let (status, _) = served.request("GET", "/v1/rollouts/7", None, None);
     assert_eq!(status, 404);
+
+    // Another tenant neither sees this tenant's rollouts nor reaches its agents.
+    let started = served.api(
+        "POST",
+        "/v1/rollouts",
+        Some(&json!({"agents": ["only"], "config_patch": {"greeting": "v2"}})),
+    );
+    let id = started["id"].as_u64().expect("an id");
+    let tenant = served.api(
+        "POST",
+        "/v1/tenants",
+        Some(&json!({"id": 1, "name": "other"})),
+    );
+    let token = tenant["token"].as_str().expect("a tenant token");
+    let (status, listed) = served.request("GET", "/v1/rollouts", None, Some(token));
+    assert_eq!((status, &listed["rollouts"]), (200, &json!([])), "{listed}");
+    let (status, _) = served.request("GET", &format!("/v1/rollouts/{id}"), None, Some(token));
+    assert_eq!(status, 404, "a foreign rollout answers as a missing one");
+    let (status, answer) = served.request(
+        "POST",
+        "/v1/rollouts",
+        Some(&json!({"agents": ["only"], "config_patch": {}})),
+        Some(token),
+    );
+    assert_eq!(status, 404, "{answer}");
+    let (status, mine) = served.request("GET", &format!("/v1/rollouts/{id}"), None, None);
+    assert_eq!(status, 200, "{mine}");
 }

@@ -139,8 +139,7 @@ impl Daemon {
         };
         daemon.load_desired()?;
         daemon.replay()?;
-        let rolled_back = daemon.rolled_back_agents();
-        daemon.follow_engine_versions(&rolled_back);
+        daemon.follow_engine_versions();
         if let Some(cluster) = &mut daemon.cluster {
             cluster.replaying = false;
         }
@@ -358,8 +357,7 @@ impl Daemon {
             ..
         } = command
         {
-            let rolled_back = self.rolled_back_agents();
-            self.follow_engine_versions(&rolled_back);
+            self.follow_engine_versions();
         }
         if self.cluster.is_some() {
             self.execute_on_cluster(command);

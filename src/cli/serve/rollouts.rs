@@ -112,8 +112,12 @@ impl Rollouts {
         self.records.insert(record.id, record);
     }
 
-    /// Takes an engine report.
+    /// Takes an engine report. A rollout let go of (the journal replays its reports) is not
+    /// kept again.
     fn report(&mut self, rollout: RolloutId, state: RolloutState) {
+        if !self.records.contains_key(&rollout.0) {
+            return;
+        }
         let progress = match state {
             RolloutState::WaveStarted { wave, .. } => Progress::Wave { wave },
             RolloutState::Completed => Progress::Completed,
@@ -320,9 +324,17 @@ impl Daemon {
     }
 
     /// After a rollback (live, or found by the replay), an agent's record follows the engine
-    /// back to the version it runs again, so the API and the next change start from it.
-    pub(super) fn follow_engine_versions(&mut self, agents: &[AgentId]) {
-        for &agent in agents {
+    /// back to the version it runs again, so the API and the next change start from it. Only
+    /// a rollout moves the engine's desired version away from the record (ahead, wave by wave,
+    /// or back): outside one they must agree.
+    pub(super) fn follow_engine_versions(&mut self) {
+        let outside: Vec<AgentId> = self
+            .agents
+            .keys()
+            .filter(|agent| !self.rollouts.active.contains_key(agent))
+            .copied()
+            .collect();
+        for agent in outside {
             let Some(desired) = self.controller.agent(agent).map(|v| v.desired_version) else {
                 continue;
             };
@@ -338,17 +350,6 @@ impl Daemon {
                 record.request.config = serde_json::from_str(&text).ok();
             }
         }
-    }
-
-    /// The agents of every rolled-back rollout the daemon keeps.
-    pub(super) fn rolled_back_agents(&self) -> Vec<AgentId> {
-        self.rollouts
-            .progress
-            .iter()
-            .filter(|(_, p)| matches!(p, Progress::RolledBack { .. }))
-            .filter_map(|(id, _)| self.rollouts.records.get(id))
-            .flat_map(|r| r.agents.iter().copied())
-            .collect()
     }
 }
 
