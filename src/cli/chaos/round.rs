@@ -235,7 +235,8 @@ fn kill_daemon_mid_command(
         .create(true)
         .append(true)
         .open(args.data.join("serve.log"))?;
-    std::process::Command::new(std::env::current_exe()?)
+    let log_path = args.data.join("serve.log");
+    let mut restarted = std::process::Command::new(std::env::current_exe()?)
         .arg("serve")
         .arg("--config")
         .arg(config)
@@ -243,13 +244,39 @@ fn kill_daemon_mid_command(
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()?;
+    // The restart has a timeout of its own: the wait for a decision above may have used most
+    // of the first.
+    let deadline = Instant::now() + args.timeout;
     while daemon.get("/v1/nodes").is_err() {
+        if let Some(status) = restarted.try_wait()? {
+            anyhow::bail!(
+                "the restarted daemon exited ({status}); {}",
+                log_tail(&log_path)
+            );
+        }
         if Instant::now() > deadline {
-            anyhow::bail!("the daemon did not come back within {:?}", args.timeout);
+            anyhow::bail!(
+                "the daemon did not come back within {:?}; {}",
+                args.timeout,
+                log_tail(&log_path)
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(observed)
+}
+
+/// The last lines of the daemon's log, for an error that says why it did not come back.
+fn log_tail(path: &Path) -> String {
+    const LINES: usize = 12;
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(LINES)..].join("\n  ");
+            format!("the end of {}:\n  {tail}", path.display())
+        }
+        Err(error) => format!("{} unreadable: {error}", path.display()),
+    }
 }
 
 /// Starts a process inside the pod's memory cgroup that allocates `bytes` and holds them: the
