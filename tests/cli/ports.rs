@@ -18,6 +18,8 @@ use std::net::TcpListener;
 
 /// Ports between two gateways' bases: OpenClaw derives ports up to base + 110.
 pub(crate) const GATEWAY_STRIDE: u16 = 120;
+/// The ports of a gateway's block checked before it is given: its base and derived ones.
+pub(crate) const GATEWAY_PORTS: [u16; 4] = [0, 1, 2, 110];
 
 /// An OpenClaw test's daemon API port and the base of its gateways' port blocks.
 #[derive(Clone, Copy, Debug)]
@@ -27,8 +29,9 @@ pub(crate) struct OpenClawPorts {
     pub(crate) pods: u16,
 }
 
-/// `supervise.rs`: a lone gateway, in one of two blocks.
+/// `supervise.rs`: a lone gateway, in the first free one of `SUPERVISE_BLOCKS` blocks.
 pub(crate) const SUPERVISE_GATEWAYS: u16 = 30_120;
+pub(crate) const SUPERVISE_BLOCKS: u16 = 2;
 /// `serve_openclaw.rs`: three gateways recovering from faults.
 pub(crate) const SERVE: OpenClawPorts = OpenClawPorts {
     api: 30_000,
@@ -61,33 +64,33 @@ impl OpenClawPorts {
     /// will: a lingering process from an earlier run would otherwise show up as a gateway
     /// crashing at boot.
     pub(crate) fn assert_free(self) {
-        assert_block_free(self.api, &[0]);
-        for pod in 0..self.pods {
-            assert_block_free(self.gateways + pod * GATEWAY_STRIDE, &[0, 1, 2, 110]);
+        let blocks =
+            (0..self.pods).map(|pod| (self.gateways + pod * GATEWAY_STRIDE, &GATEWAY_PORTS[..]));
+        for (base, offsets) in std::iter::once((self.api, &[0][..])).chain(blocks) {
+            if let Some((port, error)) = first_taken(base, offsets) {
+                panic!("port {port} is taken ({error}): is another test run still going?");
+            }
         }
     }
 }
 
-/// Whether every `base + offset` can be bound on loopback right now.
-pub(crate) fn block_is_free(base: u16, offsets: &[u16]) -> bool {
-    offsets
-        .iter()
-        .all(|offset| TcpListener::bind(("127.0.0.1", base + offset)).is_ok())
-}
-
-fn assert_block_free(base: u16, offsets: &[u16]) {
-    for offset in offsets {
+/// The first `base + offset` that cannot be bound on loopback right now, and why.
+pub(crate) fn first_taken(base: u16, offsets: &[u16]) -> Option<(u16, std::io::Error)> {
+    offsets.iter().find_map(|offset| {
         let port = base + offset;
-        if let Err(error) = TcpListener::bind(("127.0.0.1", port)) {
-            panic!("port {port} is taken ({error}): is another test run still going?");
-        }
-    }
+        TcpListener::bind(("127.0.0.1", port))
+            .err()
+            .map(|error| (port, error))
+    })
 }
 
 #[test]
 fn the_openclaw_blocks_stay_apart_and_below_the_ephemeral_range() {
     let mut ranges = vec![
-        (SUPERVISE_GATEWAYS, SUPERVISE_GATEWAYS + 2 * GATEWAY_STRIDE),
+        (
+            SUPERVISE_GATEWAYS,
+            SUPERVISE_GATEWAYS + SUPERVISE_BLOCKS * GATEWAY_STRIDE,
+        ),
         (SERVE.api, WARM.api.max(FIDELITY.api) + 1),
     ];
     for ports in [SERVE, WARM, FIDELITY] {

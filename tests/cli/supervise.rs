@@ -209,10 +209,12 @@ pub(crate) fn openclaw() -> (PathBuf, PathBuf) {
 
 /// A base port whose derived ports (up to +110) are free, as OpenClaw needs.
 fn free_port_block() -> u16 {
-    use crate::ports::{GATEWAY_STRIDE, SUPERVISE_GATEWAYS, block_is_free};
-    (0..2u16)
+    use crate::ports::{
+        GATEWAY_PORTS, GATEWAY_STRIDE, SUPERVISE_BLOCKS, SUPERVISE_GATEWAYS, first_taken,
+    };
+    (0..SUPERVISE_BLOCKS)
         .map(|k| SUPERVISE_GATEWAYS + k * GATEWAY_STRIDE)
-        .find(|&base| block_is_free(base, &[0, 1, 2, 110]))
+        .find(|&base| first_taken(base, &GATEWAY_PORTS).is_none())
         .expect("a free block of ports")
 }
 

@@ -231,11 +231,11 @@ fn kill_daemon_mid_command(
     while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
         std::thread::sleep(Duration::from_millis(5));
     }
+    let log_path = args.data.join("serve.log");
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(args.data.join("serve.log"))?;
-    let log_path = args.data.join("serve.log");
+        .open(&log_path)?;
     let mut restarted = std::process::Command::new(std::env::current_exe()?)
         .arg("serve")
         .arg("--config")

@@ -236,9 +236,9 @@ pub fn run(
 
 /// The simulator's distribution for one phase's sorted samples, `lag` ms earlier: the
 /// log-normal by median and p90 once there are `min_samples` (their observed deciles where
-/// the log-normal fits them badly, as a boot seen at one of two probe ticks); before that, the observed
-/// range, uniform — a log-normal through three samples of a bimodal phase (a stop that is
-/// instant, or waits out the grace period) has a tail that reaches minutes.
+/// the log-normal fits them badly, as a boot seen at one of two probe ticks); before that,
+/// the observed range, uniform — a log-normal through three samples of a bimodal phase (a
+/// stop that is instant, or waits out the grace period) has a tail that reaches minutes.
 fn model(sorted: &[u64], min_samples: usize, lag: u64) -> Option<Dist> {
     let at = |v: u64| Span(Millis(v.saturating_sub(lag).max(1)));
     let (&low, &high) = (sorted.first()?, sorted.last()?);

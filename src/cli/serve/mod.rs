@@ -354,9 +354,7 @@ fn answer(daemon: &mut Daemon, caller: Caller, request: Request) -> api::Answer 
         Request::StartRollout { tenant, request } => daemon.start_rollout(tenant, request),
         Request::Rollouts => Ok(json!({ "rollouts": daemon.rollout_views(|t| caller.sees(t)) })),
         Request::Rollout { id } => daemon
-            .rollout_tenant(id)
-            .filter(|&tenant| caller.sees(tenant))
-            .and_then(|_| daemon.rollout_view(id))
+            .rollout_view(id, |t| caller.sees(t))
             // Another tenant's rollout answers exactly as one that does not exist.
             .ok_or_else(|| ApiError::NotFound(format!("no rollout {id}"))),
         Request::Incidents => {

@@ -92,12 +92,18 @@ impl Progress {
     }
 }
 
+/// A rollout the daemon keeps, and where the engine's reports say it stands.
+#[derive(Debug)]
+struct Kept {
+    record: RolloutRecord,
+    progress: Progress,
+}
+
 /// The daemon's rollouts.
 #[derive(Debug, Default)]
 pub(super) struct Rollouts {
-    records: BTreeMap<u32, RolloutRecord>,
-    progress: BTreeMap<u32, Progress>,
-    /// Agents in a rollout that has not finished, with it.
+    kept: BTreeMap<u32, Kept>,
+    /// Agents in a rollout that has not finished, with it: an index over `kept`.
     active: BTreeMap<AgentId, u32>,
     next: u32,
 }
@@ -108,23 +114,27 @@ impl Rollouts {
             self.active.insert(agent, record.id);
         }
         self.next = self.next.max(record.id + 1);
-        self.progress.entry(record.id).or_default();
-        self.records.insert(record.id, record);
+        let progress = Progress::default();
+        self.kept.insert(record.id, Kept { record, progress });
+    }
+
+    fn forget(&mut self, id: u32) {
+        self.kept.remove(&id);
+        self.active.retain(|_, active| *active != id);
     }
 
     /// Takes an engine report. A rollout let go of (the journal replays its reports) is not
     /// kept again.
     fn report(&mut self, rollout: RolloutId, state: RolloutState) {
-        if !self.records.contains_key(&rollout.0) {
+        let Some(kept) = self.kept.get_mut(&rollout.0) else {
             return;
-        }
-        let progress = match state {
+        };
+        kept.progress = match state {
             RolloutState::WaveStarted { wave, .. } => Progress::Wave { wave },
             RolloutState::Completed => Progress::Completed,
             RolloutState::RolledBack { failed_agent } => Progress::RolledBack { failed_agent },
         };
-        self.progress.insert(rollout.0, progress);
-        if progress.finished() {
+        if kept.progress.finished() {
             self.active.retain(|_, active| *active != rollout.0);
         }
     }
@@ -132,12 +142,13 @@ impl Rollouts {
     /// Finished rollouts, oldest first, to let go so that the API keeps at most `MAX_KEPT`
     /// once `adding` more are kept.
     fn surplus(&self, adding: usize) -> Vec<u32> {
-        let finished = self
-            .records
-            .keys()
-            .filter(|id| self.progress.get(id).is_some_and(|p| p.finished()));
-        let over = (self.records.len() + adding).saturating_sub(MAX_KEPT);
-        finished.take(over).copied().collect()
+        let over = (self.kept.len() + adding).saturating_sub(MAX_KEPT);
+        self.kept
+            .iter()
+            .filter(|(_, kept)| kept.progress.finished())
+            .take(over)
+            .map(|(&id, _)| id)
+            .collect()
     }
 }
 
@@ -252,19 +263,24 @@ impl Daemon {
         for old in let_go {
             self.rollouts.forget(old);
         }
-        Ok(self.rollout_view(rollout.id).expect("just started"))
+        Ok(self
+            .rollout_view(rollout.id, |_| true)
+            .expect("just started"))
     }
 
-    /// A rollout as the API shows it, if the daemon keeps it.
-    pub fn rollout_view(&self, id: u32) -> Option<Value> {
-        let record = self.rollouts.records.get(&id)?;
-        let progress = self.rollouts.progress.get(&id).copied().unwrap_or_default();
+    /// A rollout as the API shows it, if the daemon keeps it and `visible` lets the caller
+    /// see its tenant's.
+    pub fn rollout_view(&self, id: u32, visible: impl Fn(u32) -> bool) -> Option<Value> {
+        let Kept { record, progress } = self.rollouts.kept.get(&id)?;
+        if !visible(record.tenant) {
+            return None;
+        }
         let name = |agent: &AgentId| {
             self.agents
                 .get(agent)
                 .map_or_else(|| agent.to_string(), |r| r.request.name.clone())
         };
-        let (state, wave, failed) = match progress {
+        let (state, wave, failed) = match *progress {
             Progress::Started => ("started", None, None),
             Progress::Wave { wave } => ("in_progress", Some(wave), None),
             Progress::Completed => ("completed", None, None),
@@ -287,17 +303,11 @@ impl Daemon {
     /// The rollouts `visible` lets a caller see, newest first.
     pub fn rollout_views(&self, visible: impl Fn(u32) -> bool) -> Vec<Value> {
         self.rollouts
-            .records
-            .values()
+            .kept
+            .keys()
             .rev()
-            .filter(|r| visible(r.tenant))
-            .filter_map(|r| self.rollout_view(r.id))
+            .filter_map(|&id| self.rollout_view(id, &visible))
             .collect()
-    }
-
-    /// The tenant a kept rollout belongs to.
-    pub fn rollout_tenant(&self, id: u32) -> Option<u32> {
-        self.rollouts.records.get(&id).map(|r| r.tenant)
     }
 
     /// An agent in a rollout under way takes no other change: the engine stages its version
@@ -350,14 +360,6 @@ impl Daemon {
                 record.request.config = serde_json::from_str(&text).ok();
             }
         }
-    }
-}
-
-impl Rollouts {
-    fn forget(&mut self, id: u32) {
-        self.records.remove(&id);
-        self.progress.remove(&id);
-        self.active.retain(|_, active| *active != id);
     }
 }
 
