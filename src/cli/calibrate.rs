@@ -3,13 +3,16 @@
 //!
 //! Chaos records, per round, the phases the daemon's event feed shows (`latencies.csv`):
 //! a fresh instance's start decision to its process, its process to ready (`boot`), a process
-//! restarted in place to ready (`boot_after_crash`), and a stop decision to the start that
-//! follows it (`stop`). Each phase is fitted as the simulator's log-normal — by its median and
+//! restarted in place to ready (`boot_after_crash`), a stop decision to the start that
+//! follows it (`stop`), an exit to the process restarted in place (`restart`), and a kill of
+//! the agent or of its pod supervisor to the engine hearing of it (`exit_notice`,
+//! `supervisor_loss_notice`). Each phase is fitted as the simulator's log-normal — by its median and
 //! 90th percentile, the very parameters a scenario gives — and the fit is judged by the
 //! Kolmogorov–Smirnov distance between the samples and the fitted distribution. Where it fits
 //! badly, the phase is written as its observed deciles instead.
 
 use super::EXIT_BAD_INPUT;
+use super::chaos::FaultKind;
 use carapace_engine::Millis;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -34,6 +37,21 @@ const PHASES: &[(&str, &str, &str)] = &[
         "stop",
         "stop",
         "stop decision to the next start: SIGTERM, exit, snapshot",
+    ),
+    (
+        "restart",
+        "restart",
+        "exit seen to the process spawned again in place",
+    ),
+    (
+        "exit_notice",
+        "exit_notice",
+        "SIGKILL of the agent to the engine seeing it exit",
+    ),
+    (
+        "supervisor_loss_notice",
+        "supervisor_loss_notice",
+        "SIGKILL of the pod supervisor to the engine seeing it lost",
     ),
 ];
 /// Fewer samples than this fit nothing worth writing down.
@@ -292,6 +310,10 @@ pub struct Phases {
     stopped: Option<(Millis, bool)>,
     /// Instances whose probe failed and that have not been ready since.
     hung: std::collections::BTreeSet<u64>,
+    /// The last exit, until the process that follows it.
+    exited: Option<Millis>,
+    /// A fault just injected: the observation that reports it, the phase it times, when.
+    injected: Option<(&'static str, &'static str, Millis)>,
     pub samples: Vec<(&'static str, u64)>,
 }
 
@@ -301,14 +323,34 @@ pub struct Phases {
 pub const HUNG_STOP: &str = "stop_hung";
 
 impl Phases {
+    /// A fault was injected `at` (engine time): the observation of it, when it comes, times
+    /// how long the engine took to hear of a kill.
+    pub fn injected(&mut self, fault: FaultKind, at: Millis) {
+        self.injected = match fault {
+            FaultKind::Kill | FaultKind::TruncateConfig => Some(("exited", "exit_notice", at)),
+            FaultKind::KillSupervisor => Some(("supervisor_lost", "supervisor_loss_notice", at)),
+            // A hang and a spike kill nothing; a killed daemon hears of nothing until it is
+            // back.
+            FaultKind::Hang | FaultKind::Spike | FaultKind::KillDaemon => None,
+        };
+    }
+
     pub fn see(&mut self, entry: &Value) {
         let at = Millis(entry["at_ms"].as_u64().unwrap_or(0));
+        if let Some((event, phase, injected)) = self.injected
+            && entry["kind"] == "observation"
+            && entry["event"] == event
+        {
+            self.samples.push((phase, at.saturating_since(injected).0));
+            self.injected = None;
+        }
         let Some(instance) = entry["instance"].as_u64() else {
             return;
         };
         match (entry["kind"].as_str(), entry["event"].as_str()) {
             (Some("decision"), Some("start")) => {
                 self.started.insert(instance, at);
+                self.exited = None;
                 if let Some((stop, hung)) = self.stopped.take() {
                     let phase = if hung { HUNG_STOP } else { "stop" };
                     self.samples.push((phase, at.saturating_since(stop).0));
@@ -316,6 +358,9 @@ impl Phases {
             }
             (Some("decision"), Some("stop")) => {
                 self.stopped = Some((at, self.hung.remove(&instance)));
+            }
+            (Some("observation"), Some("exited")) => {
+                self.exited = Some(at);
             }
             (Some("observation"), Some("probe_failed")) => {
                 self.hung.insert(instance);
@@ -325,6 +370,9 @@ impl Phases {
                 if let Some(start) = fresh {
                     self.samples
                         .push(("start_to_spawn", at.saturating_since(start).0));
+                } else if let Some(exited) = self.exited.take() {
+                    self.samples
+                        .push(("restart", at.saturating_since(exited).0));
                 }
                 self.spawned.insert(instance, (at, fresh.is_some()));
             }
@@ -417,9 +465,10 @@ mod tests {
     fn phases_follow_a_restart_in_place_and_a_recreation() {
         let mut phases = Phases::default();
         let entry = |at: u64, kind: &str, event: &str, instance: u64| serde_json::json!({"at_ms": at, "kind": kind, "event": event, "instance": instance});
+        phases.injected(FaultKind::Kill, Millis(0));
         for e in [
-            entry(0, "observation", "exited", 1),
-            entry(1, "observation", "spawned", 1),
+            entry(5, "observation", "exited", 1),
+            entry(7, "observation", "spawned", 1),
             entry(501, "observation", "ready", 1),
             entry(600, "decision", "stop", 1),
             entry(2600, "decision", "start", 2),
@@ -432,14 +481,28 @@ mod tests {
         ] {
             phases.see(&e);
         }
+        // A killed supervisor: its loss is timed from the kill; the exit that follows a
+        // recreation's start is no restart in place.
+        phases.injected(FaultKind::KillSupervisor, Millis(20_000));
+        for e in [
+            entry(20_012, "observation", "supervisor_lost", 3),
+            entry(20_013, "decision", "start", 4),
+            entry(20_030, "observation", "spawned", 4),
+        ] {
+            phases.see(&e);
+        }
         assert_eq!(
             phases.samples,
             vec![
-                ("boot_after_crash", 500),
+                ("exit_notice", 5),
+                ("restart", 2),
+                ("boot_after_crash", 494),
                 ("stop", 2000),
                 ("start_to_spawn", 100),
                 ("boot", 300),
                 (HUNG_STOP, 10_000),
+                ("supervisor_loss_notice", 12),
+                ("start_to_spawn", 17),
             ]
         );
     }

@@ -287,6 +287,9 @@ fn check(s: &Scenario) -> Vec<(String, String)> {
         ("warm_attach", &s.latency.warm_attach),
         ("stop", &s.latency.stop),
         ("validate", &s.latency.validate),
+        ("exit_notice", &s.latency.exit_notice),
+        ("supervisor_loss_notice", &s.latency.supervisor_loss_notice),
+        ("restart", &s.latency.restart),
     ] {
         if let Err(message) = check_dist(dist) {
             problem(&format!("latency.{name}"), &message);

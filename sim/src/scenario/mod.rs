@@ -281,10 +281,34 @@ pub struct Latency {
     /// carapace.toml). 0 by default.
     #[serde(skip_serializing_if = "is_zero")]
     pub hung_stop_grace: Span,
+    /// A process's death to the engine hearing of it: the pod supervisor reaps it and tells
+    /// the node agent. Instant by default; worth its milliseconds only beside boots that
+    /// take as few.
+    #[serde(skip_serializing_if = "Dist::is_zero")]
+    pub exit_notice: Dist,
+    /// A pod supervisor's death to the node agent noticing it (its socket closes). Instant
+    /// by default.
+    #[serde(skip_serializing_if = "Dist::is_zero")]
+    pub supervisor_loss_notice: Dist,
+    /// An exit seen to the process spawned again in place (no validation: its config was
+    /// validated at the start before). Instant by default.
+    #[serde(skip_serializing_if = "Dist::is_zero")]
+    pub restart: Dist,
 }
 
 fn is_zero(span: &Span) -> bool {
     span.ms() == 0
+}
+
+impl Dist {
+    /// Always 0 ms: the default of the lags that scenarios written before them do not have.
+    pub const ZERO: Dist = Dist::Constant {
+        value: Span(carapace_engine::Millis(0)),
+    };
+
+    pub fn is_zero(&self) -> bool {
+        *self == Dist::ZERO
+    }
 }
 
 impl Default for Latency {
@@ -324,6 +348,9 @@ impl Default for Latency {
                 max: ms(1_800),
             },
             hung_stop_grace: ms(0),
+            exit_notice: Dist::ZERO,
+            supervisor_loss_notice: Dist::ZERO,
+            restart: Dist::ZERO,
         }
     }
 }

@@ -220,32 +220,4 @@ impl Simulation {
             None => self.lose_supervisor(id),
         }
     }
-
-    /// The agent's pod supervisor died and took its agent with it, unseen by the node's
-    /// supervisor state machine; the node driver tells the controller at once, as the real
-    /// one does when the supervisor's socket closes.
-    fn lose_supervisor(&mut self, id: AgentId) {
-        let agent = &self.agents[id.index()];
-        let (Some(_), Some(pod)) = (agent.process, agent.pod) else {
-            return;
-        };
-        if !self.nodes[pod.node.index()].up {
-            return;
-        }
-        self.measures.fault(id, Fault::Crash, self.now);
-        self.kill_process(id);
-        self.feed_supervisor(
-            pod.node,
-            SupervisorInput::Release {
-                agent: id,
-                instance: pod.instance,
-            },
-        );
-        self.measures.observed(id, self.now);
-        self.feed(Input::Escalate {
-            agent: id,
-            instance: pod.instance,
-            reason: carapace_engine::EscalationReason::SupervisorLost,
-        });
-    }
 }

@@ -68,10 +68,12 @@ pub(crate) enum Event {
         scheduled: bool,
     },
     ControllerBack,
+    /// A death reaches the engine after its notice lag (see `Simulation::notices`).
+    Noticed(AgentId),
 }
 
 /// Names of the event kinds, in the order of [`RunStats::events_by_kind`].
-pub const EVENT_KINDS: [&str; 21] = [
+pub const EVENT_KINDS: [&str; 22] = [
     "node_tick",
     "bucket",
     "fault",
@@ -93,6 +95,7 @@ pub const EVENT_KINDS: [&str; 21] = [
     "replay",
     "controller_fail",
     "controller_back",
+    "noticed",
 ];
 
 impl Event {
@@ -119,6 +122,7 @@ impl Event {
             Event::Replay(_) => 18,
             Event::ControllerFail { .. } => 19,
             Event::ControllerBack => 20,
+            Event::Noticed(_) => 21,
             Event::Rollout(_) => 16,
         }
     }
@@ -241,6 +245,9 @@ pub struct Simulation {
     command_log: Option<CommandLog>,
     /// Agents the engine raised an alert about, at any time of the run.
     alerted: BTreeSet<AgentId>,
+    /// Deaths the engine has yet to hear of, each due at its `Event::Noticed`; empty unless
+    /// the scenario gives a notice lag.
+    notices: BTreeMap<AgentId, processes::Notice>,
 }
 
 /// The first commands of a run, bounded, as `(time, agent, Debug text)`.
@@ -321,6 +328,7 @@ impl Simulation {
             faults_end: end,
             command_log: None,
             alerted: BTreeSet::new(),
+            notices: BTreeMap::new(),
         };
         sim.populate()?;
         Ok(sim)
@@ -556,6 +564,16 @@ impl Simulation {
         sample(&dist, u1, u2)
     }
 
+    /// A latency that draws nothing when it is constant: the lags added after the others
+    /// (`exit_notice`, `supervisor_loss_notice`, `restart`) leave every draw of a scenario
+    /// without them where it was.
+    fn lag(&mut self, agent: AgentId, dist: Dist) -> Millis {
+        match dist {
+            Dist::Constant { value } => value.0,
+            _ => self.latency(agent, dist),
+        }
+    }
+
     fn dispatch(&mut self, event: Event) {
         match event {
             // Past `stop_faults_at`, arrivals are dropped, and with them their successors.
@@ -609,6 +627,7 @@ impl Simulation {
             Event::WarmDone(command) => self.warm_done(command),
             Event::Replay(index) => self.replay(index),
             Event::Rollout(index) => self.start_rollout(index),
+            Event::Noticed(agent) => self.on_noticed(agent),
         }
     }
 

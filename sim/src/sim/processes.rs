@@ -3,6 +3,26 @@
 
 use super::*;
 
+/// A death the engine has yet to hear of.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Notice {
+    pod: Pod,
+    death: Death,
+    /// When it is told: a notice replaced by a later one (the pod was replaced and its
+    /// successor died too) leaves its event to find a later due time, and does nothing.
+    due: Millis,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Death {
+    Exited {
+        code: i32,
+        oom_killed: bool,
+    },
+    /// The pod supervisor died, and its agent with it.
+    SupervisorLost,
+}
+
 impl Simulation {
     pub(super) fn set_process_state(&mut self, id: AgentId, state: ProcessState) {
         let agent = &mut self.agents[id.index()];
@@ -29,21 +49,90 @@ impl Simulation {
         if !self.nodes[pod.node.index()].up {
             return;
         }
+        self.notice(id, pod, Death::Exited { code, oom_killed });
+    }
+
+    /// The pod supervisor of `id` died and took its agent with it, unseen by the node's
+    /// supervisor state machine; the node driver tells the controller when the supervisor's
+    /// socket closes.
+    pub(super) fn lose_supervisor(&mut self, id: AgentId) {
+        let agent = &self.agents[id.index()];
+        let (Some(_), Some(pod)) = (agent.process, agent.pod) else {
+            return;
+        };
+        if !self.nodes[pod.node.index()].up {
+            return;
+        }
+        self.measures.fault(id, Fault::Crash, self.now);
+        self.kill_process(id);
+        self.notice(id, pod, Death::SupervisorLost);
+    }
+
+    /// Tells the engine of a death at once, or after the scenario's notice lag.
+    fn notice(&mut self, id: AgentId, pod: Pod, death: Death) {
+        let lag = match death {
+            Death::Exited { .. } => self.scenario.latency.exit_notice,
+            Death::SupervisorLost => self.scenario.latency.supervisor_loss_notice,
+        };
+        let lag = self.lag(id, lag);
+        if lag == Millis::ZERO {
+            self.tell_death(id, pod, death);
+            return;
+        }
+        let due = self.now + lag;
+        self.notices.insert(id, Notice { pod, death, due });
+        self.queue.push(due, Event::Noticed(id));
+    }
+
+    pub(super) fn on_noticed(&mut self, id: AgentId) {
+        let Some(&notice) = self.notices.get(&id) else {
+            return;
+        };
+        if notice.due != self.now {
+            return;
+        }
+        self.notices.remove(&id);
+        // A pod stopped or lost meanwhile was reported gone by its stop or its node.
+        if self.agents[id.index()].pod == Some(notice.pod) && self.nodes[notice.pod.node.index()].up
+        {
+            self.tell_death(id, notice.pod, notice.death);
+        }
+    }
+
+    fn tell_death(&mut self, id: AgentId, pod: Pod, death: Death) {
         self.measures.observed(id, self.now);
-        self.feed(Input::AgentExited {
-            agent: id,
-            instance: pod.instance,
-            code,
-            oom_killed,
-        });
-        self.feed_supervisor(
-            pod.node,
-            SupervisorInput::Exited {
-                agent: id,
-                instance: pod.instance,
-                code,
-            },
-        );
+        match death {
+            Death::Exited { code, oom_killed } => {
+                self.feed(Input::AgentExited {
+                    agent: id,
+                    instance: pod.instance,
+                    code,
+                    oom_killed,
+                });
+                self.feed_supervisor(
+                    pod.node,
+                    SupervisorInput::Exited {
+                        agent: id,
+                        instance: pod.instance,
+                        code,
+                    },
+                );
+            }
+            Death::SupervisorLost => {
+                self.feed_supervisor(
+                    pod.node,
+                    SupervisorInput::Release {
+                        agent: id,
+                        instance: pod.instance,
+                    },
+                );
+                self.feed(Input::Escalate {
+                    agent: id,
+                    instance: pod.instance,
+                    reason: carapace_engine::EscalationReason::SupervisorLost,
+                });
+            }
+        }
     }
 
     /// Removes the process without telling anyone (a stop, a node failure).
@@ -89,7 +178,14 @@ impl Simulation {
     }
 
     pub(super) fn spawn(&mut self, id: AgentId, boot: Dist) {
+        self.spawn_after(id, boot, Millis::ZERO);
+    }
+
+    /// Spawns a process that starts `delay` from now; it is the pod's process (booting) from
+    /// now on.
+    fn spawn_after(&mut self, id: AgentId, boot: Dist, delay: Millis) {
         let boot = self.latency(id, boot);
+        let started_at = self.now + delay;
         let agent = &mut self.agents[id.index()];
         agent.lives += 1;
         agent.last_fed_bytes = 0;
@@ -97,13 +193,13 @@ impl Simulation {
         agent.process = Some(Process {
             life,
             state: ProcessState::Booting,
-            started_at: self.now,
+            started_at,
             ready_at: Millis::MAX,
             memory_high: None,
         });
         self.sync_hot(id);
         self.queue
-            .push(self.now + boot, Event::Ready { agent: id, life });
+            .push(started_at + boot, Event::Ready { agent: id, life });
     }
 
     pub(super) fn restart_in_place(&mut self, node: NodeId, id: AgentId, instance: Instance) {
@@ -124,7 +220,8 @@ impl Simulation {
             });
             return;
         }
-        self.spawn(id, self.scenario.latency.boot_after_crash);
+        let delay = self.lag(id, self.scenario.latency.restart);
+        self.spawn_after(id, self.scenario.latency.boot_after_crash, delay);
     }
 
     pub(super) fn agents_version(&self, id: AgentId) -> Version {

@@ -120,3 +120,85 @@ fn a_lost_supervisor_is_escalated_at_once_and_its_agent_recreated() {
     assert_eq!(incidents, vec![(1_800_000, 4, "crash", Some(0), 2)]);
     assert!(report.incidents[0].recovery_ms.is_some());
 }
+
+/// The scenario with `latency` lines added (a `[latency]` table).
+fn with_latency(latency: &str) -> carapace_sim::scenario::Scenario {
+    parse(&format!("{SCENARIO}\n[latency]\n{latency}\n"))
+}
+
+/// Start, agent, fault, detection, recovery and rung of one incident.
+type Incident = (u64, u32, &'static str, Option<u64>, Option<u64>, u8);
+
+fn incidents_of(scenario: carapace_sim::scenario::Scenario, events: &str) -> Vec<Incident> {
+    let dir = Scratch::new("events-notice");
+    std::fs::write(dir.path().join("events.csv"), events).unwrap();
+    let replays = trace::load_all(&scenario, dir.path()).expect("the trace loads");
+    let mut sim = Simulation::new(scenario, replays).unwrap();
+    sim.check_invariants_every(1);
+    sim.run(|_| {});
+    let report = Report::of(&sim);
+    assert_eq!(report.summary.invariant_violation, None);
+    report
+        .incidents
+        .iter()
+        .map(|i| {
+            (
+                i.start_ms,
+                i.agent,
+                i.fault.name(),
+                i.detection_ms,
+                i.recovery_ms,
+                i.rung,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_death_reaches_the_engine_after_its_notice_lag_and_a_restart_in_place_after_its_own() {
+    let events = "time_ms,agent,kind\n1800000,3,crash\n2400000,4,supervisor_loss\n";
+    let instant = incidents_of(parse(SCENARIO), events);
+    let lagged = incidents_of(
+        with_latency(
+            "exit_notice = { kind = \"constant\", value = \"40ms\" }\n\
+             supervisor_loss_notice = { kind = \"constant\", value = \"70ms\" }\n\
+             restart = { kind = \"constant\", value = \"25ms\" }",
+        ),
+        events,
+    );
+    let detections = |incidents: &[Incident]| {
+        incidents
+            .iter()
+            .map(|i| (i.1, i.2, i.3, i.5))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        detections(&instant),
+        vec![(3, "crash", Some(0), 1), (4, "crash", Some(0), 2)]
+    );
+    // The same rungs, each death seen its own lag later.
+    assert_eq!(
+        detections(&lagged),
+        vec![(3, "crash", Some(40), 1), (4, "crash", Some(70), 2)]
+    );
+    // The crash is restarted in place once it is seen and the restart lag has passed; its
+    // boot is the same draw (constant lags draw nothing), seen by a startup probe on a grid
+    // that starts with the process, so the recovery grows by both lags exactly.
+    let (Some(before), Some(after)) = (instant[0].4, lagged[0].4) else {
+        panic!("the crash was recovered: {instant:?} {lagged:?}");
+    };
+    assert_eq!(after, before + 40 + 25, "{instant:?} {lagged:?}");
+}
+
+#[test]
+fn scenarios_without_notice_lags_do_not_write_them() {
+    let text = toml::to_string(&parse(SCENARIO)).expect("a scenario serialises");
+    for field in ["exit_notice", "supervisor_loss_notice", "restart ="] {
+        assert!(!text.contains(field), "{field} in\n{text}");
+    }
+    let lagged = toml::to_string(&with_latency(
+        "exit_notice = { kind = \"constant\", value = \"40ms\" }",
+    ))
+    .expect("a scenario serialises");
+    assert!(lagged.contains("exit_notice"), "{lagged}");
+}

@@ -62,6 +62,7 @@ pub fn run(
     daemon.wait_for_snapshots(&args.agent, SNAPSHOT_WAIT)?;
     let after = daemon.feed_tail()?;
     let injected_at = inject(args, &view)?;
+    phases.injected(args.fault, injected_at);
     let mut seen = after;
 
     // A spike's victim is the kernel's choice: when it is the spiking process itself, the

@@ -83,6 +83,9 @@ pub fn scenario(
             "boot_after_crash" => latency.boot_after_crash = *dist,
             "validate" => latency.validate = *dist,
             "stop" => latency.stop = *dist,
+            "restart" => latency.restart = *dist,
+            "exit_notice" => latency.exit_notice = *dist,
+            "supervisor_loss_notice" => latency.supervisor_loss_notice = *dist,
             other => unreachable!("calibrate fits no field `{other}`"),
         }
     }
