@@ -108,6 +108,12 @@ fn every_fault_is_resolved_by_the_same_rung_for_real_and_in_the_simulator() {
         provisioning["sim_n"], 10,
         "two agents × five seeds: {provisioning}"
     );
+    // Two real samples say next to nothing: the distance one distribution's samples of
+    // these sizes exceed one time in twenty is beyond 1.
+    assert!(
+        provisioning["ks_noise"].as_f64().is_some_and(|d| d > 1.0),
+        "{provisioning}"
+    );
     for file in [
         "summary.md",
         "rounds.csv",

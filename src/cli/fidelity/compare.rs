@@ -33,6 +33,9 @@ pub struct DistributionRow {
     pub real_p50_ms: Option<u64>,
     pub sim_p50_ms: Option<u64>,
     pub ks: Option<f64>,
+    /// The distance two samples of these sizes drawn from one distribution exceed only 5% of
+    /// the time: a KS below it is as close as these sample sizes can show.
+    pub ks_noise: Option<f64>,
     /// None when too few real samples to judge.
     pub passed: Option<bool>,
     #[serde(skip)]
@@ -133,6 +136,7 @@ fn distribution(
         real_p50_ms: median(&real),
         sim_p50_ms: median(&sim),
         ks: ks.map(|d| (d * 1_000.0).round() / 1_000.0),
+        ks_noise: ks_critical_95(real.len(), sim.len()).map(|d| (d * 1_000.0).round() / 1_000.0),
         passed: judged.then(|| ks.is_some_and(|d| d <= judge.ks_max)),
         real,
         sim,
@@ -164,6 +168,17 @@ pub fn ks_two_sample(a: &[u64], b: &[u64]) -> f64 {
     distance
 }
 
+/// The asymptotic 95% critical value of the two-sample KS distance, c(0.05)·√((n+m)/(nm)):
+/// with 8 real samples against 80 simulated it is 0.50, so a perfect simulator can fail a 0.2
+/// target; it takes about 50 real samples to bring it under 0.2.
+pub fn ks_critical_95(n: usize, m: usize) -> Option<f64> {
+    const C_95: f64 = 1.358;
+    (n > 0 && m > 0).then(|| {
+        let (n, m) = (n as f64, m as f64);
+        C_95 * ((n + m) / (n * m)).sqrt()
+    })
+}
+
 /// Step points of a sample's empirical CDF, for the plots.
 pub fn cdf_points(sorted: &[u64]) -> Vec<(f64, f64)> {
     let n = sorted.len() as f64;
@@ -187,6 +202,15 @@ mod tests {
         assert_eq!(ks_two_sample(&[1, 2, 3], &[10, 20]), 1.0);
         // F_a jumps to 1/2 at 1, F_b is still 0 there.
         assert_eq!(ks_two_sample(&[1, 5], &[5, 5]), 0.5);
+    }
+
+    #[test]
+    fn the_noise_floor_shrinks_with_the_samples() {
+        assert_eq!(ks_critical_95(0, 10), None);
+        let small = ks_critical_95(8, 80).unwrap();
+        let large = ks_critical_95(64, 640).unwrap();
+        assert!((small - 0.503).abs() < 0.001, "{small}");
+        assert!(large < 0.2 && large < small, "{large}");
     }
 
     proptest! {

@@ -126,20 +126,21 @@ fn summary(comparison: &Comparison, sim: &simulated::SimRun) -> String {
     }
     let _ = write!(
         text,
-        "\n## Distributions (pass: KS ≤ {}, judged from {} real samples)\n\n| measure | real n | simulated n | real p50 | simulated p50 | KS | verdict |\n|---|---|---|---|---|---|---|\n",
+        "\n## Distributions (pass: KS ≤ {}, judged from {} real samples)\n\nKS noise: the distance two samples of these sizes from one distribution exceed 5% of the time; a KS under it is as close as the samples can tell.\n\n| measure | real n | simulated n | real p50 | simulated p50 | KS | KS noise | verdict |\n|---|---|---|---|---|---|---|---|\n",
         comparison.ks_max, comparison.min_samples
     );
     for row in &comparison.distributions {
         let ms = |v: Option<u64>| v.map_or("-".into(), |v| format!("{v} ms"));
         let _ = writeln!(
             text,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             row.measure,
             row.real_n,
             row.sim_n,
             ms(row.real_p50_ms),
             ms(row.sim_p50_ms),
             row.ks.map_or("-".into(), |d| format!("{d:.3}")),
+            row.ks_noise.map_or("-".into(), |d| format!("{d:.3}")),
             match row.passed {
                 Some(true) => "pass",
                 Some(false) => "FAIL",
