@@ -6,8 +6,8 @@
 //! restarted in place to ready (`boot_after_crash`), a stop decision to the start that
 //! follows it (`stop`), an exit to the process restarted in place (`restart`), and a kill of
 //! the agent or of its pod supervisor to the engine hearing of it (`exit_notice`,
-//! `supervisor_loss_notice`). Each phase is fitted as the simulator's log-normal — by its median and
-//! 90th percentile, the very parameters a scenario gives — and the fit is judged by the
+//! `supervisor_loss_notice`). Each phase is fitted as the simulator's log-normal — by its
+//! median and 90th percentile, the very parameters a scenario gives — and the fit is judged by the
 //! Kolmogorov–Smirnov distance between the samples and the fitted distribution. Where it fits
 //! badly, the phase is written as its observed deciles instead.
 

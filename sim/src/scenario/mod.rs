@@ -290,8 +290,8 @@ pub struct Latency {
     /// by default.
     #[serde(skip_serializing_if = "Dist::is_zero")]
     pub supervisor_loss_notice: Dist,
-    /// An exit seen to the process spawned again in place (no validation: its config was
-    /// validated at the start before). Instant by default.
+    /// An exit seen to the process spawned again in place (a config unchanged since it was
+    /// last validated is not validated again). Instant by default.
     #[serde(skip_serializing_if = "Dist::is_zero")]
     pub restart: Dist,
 }

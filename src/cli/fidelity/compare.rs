@@ -170,7 +170,7 @@ pub fn ks_two_sample(a: &[u64], b: &[u64]) -> f64 {
 
 /// The asymptotic 95% critical value of the two-sample KS distance, c(0.05)·√((n+m)/(nm)):
 /// with 8 real samples against 80 simulated it is 0.50, so a perfect simulator can fail a 0.2
-/// target; it takes about 50 real samples to bring it under 0.2.
+/// target; with ten simulated samples to each real one it is under 0.2 from 52 real samples.
 pub fn ks_critical_95(n: usize, m: usize) -> Option<f64> {
     const C_95: f64 = 1.358;
     (n > 0 && m > 0).then(|| {
