@@ -334,6 +334,8 @@ pub struct SimAgent {
     pub poisoned: bool,
     /// The config on disk is truncated: validation before start fails.
     pub config_broken: bool,
+    /// The pod's supervisor died: stopping the pod only clears it.
+    pub supervisor_lost: bool,
     pub spike_from: Millis,
     pub spike_until: Millis,
     pub spike_bytes: u64,

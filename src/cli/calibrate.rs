@@ -4,9 +4,10 @@
 //! Chaos records, per round, the phases the daemon's event feed shows (`latencies.csv`):
 //! a fresh instance's start decision to its process, its process to ready (`boot`), a process
 //! restarted in place to ready (`boot_after_crash`), a stop decision to the start that
-//! follows it (`stop`), an exit to the process restarted in place (`restart`), and a kill of
-//! the agent or of its pod supervisor to the engine hearing of it (`exit_notice`,
-//! `supervisor_loss_notice`). Each phase is fitted as the simulator's log-normal — by its
+//! follows it (`stop`, and `lost_stop` for a pod whose supervisor died), an exit to the
+//! process restarted in place (`restart`), and a kill of the agent, of its pod supervisor or
+//! of an agent whose config was truncated to the engine hearing of it (`exit_notice`,
+//! `supervisor_loss_notice`, `config_reject_notice`). Each phase is fitted as the simulator's log-normal — by its
 //! median and 90th percentile, the very parameters a scenario gives — and the fit is judged by the
 //! Kolmogorov–Smirnov distance between the samples and the fitted distribution. Where it fits
 //! badly, the phase is written as its observed deciles instead.
@@ -15,7 +16,7 @@ use super::EXIT_BAD_INPUT;
 use super::chaos::FaultKind;
 use carapace_engine::Millis;
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,11 @@ const PHASES: &[(&str, &str, &str)] = &[
         "stop decision to the next start: SIGTERM, exit, snapshot",
     ),
     (
+        LOST_STOP,
+        "lost_stop",
+        "stop decision to the next start, for a pod whose supervisor died",
+    ),
+    (
         "restart",
         "restart",
         "exit seen to the process spawned again in place",
@@ -52,6 +58,11 @@ const PHASES: &[(&str, &str, &str)] = &[
         "supervisor_loss_notice",
         "supervisor_loss_notice",
         "SIGKILL of the pod supervisor to the engine seeing it lost",
+    ),
+    (
+        "config_reject_notice",
+        "config_reject_notice",
+        "truncated config and SIGKILL of the agent to the engine seeing the config refused",
     ),
 ];
 /// Fewer samples than this fit nothing worth writing down.
@@ -306,10 +317,12 @@ fn ks_distance(sorted: &[u64], median: f64, p90: f64) -> f64 {
 pub struct Phases {
     started: BTreeMap<u64, Millis>,
     spawned: BTreeMap<u64, (Millis, bool)>,
-    /// The stop decision in flight, and whether it stops a hung instance.
-    stopped: Option<(Millis, bool)>,
+    /// The stop decision in flight, and the phase it times.
+    stopped: Option<(Millis, &'static str)>,
     /// Instances whose probe failed and that have not been ready since.
-    hung: std::collections::BTreeSet<u64>,
+    hung: BTreeSet<u64>,
+    /// Instances whose pod supervisor died.
+    lost: BTreeSet<u64>,
     /// The last exit, until the process that follows it.
     exited: Option<Millis>,
     /// A fault just injected: the observation that reports it, the phase it times, when.
@@ -321,13 +334,18 @@ pub struct Phases {
 /// Kept apart from `stop` (it would stretch every other stop's fit) and reported as the
 /// simulator's `hung_stop_grace`.
 pub const HUNG_STOP: &str = "stop_hung";
+/// The stop of a pod whose supervisor died: nothing to signal, so far quicker than `stop`.
+pub const LOST_STOP: &str = "stop_lost";
 
 impl Phases {
     /// A fault was injected `at` (engine time): the observation of it, when it comes, times
     /// how long the engine took to hear of a kill.
     pub fn injected(&mut self, fault: FaultKind, at: Millis) {
         self.injected = match fault {
-            FaultKind::Kill | FaultKind::TruncateConfig => Some(("exited", "exit_notice", at)),
+            FaultKind::Kill => Some(("exited", "exit_notice", at)),
+            // The exit of an agent whose config changed is reported with the validation of
+            // its restart in place, which refuses it.
+            FaultKind::TruncateConfig => Some(("config_rejected", "config_reject_notice", at)),
             FaultKind::KillSupervisor => Some(("supervisor_lost", "supervisor_loss_notice", at)),
             // A hang and a spike kill nothing; a killed daemon hears of nothing until it is
             // back.
@@ -351,13 +369,23 @@ impl Phases {
             (Some("decision"), Some("start")) => {
                 self.started.insert(instance, at);
                 self.exited = None;
-                if let Some((stop, hung)) = self.stopped.take() {
-                    let phase = if hung { HUNG_STOP } else { "stop" };
+                if let Some((stop, phase)) = self.stopped.take() {
                     self.samples.push((phase, at.saturating_since(stop).0));
                 }
             }
             (Some("decision"), Some("stop")) => {
-                self.stopped = Some((at, self.hung.remove(&instance)));
+                let (lost, hung) = (self.lost.remove(&instance), self.hung.remove(&instance));
+                let phase = if lost {
+                    LOST_STOP
+                } else if hung {
+                    HUNG_STOP
+                } else {
+                    "stop"
+                };
+                self.stopped = Some((at, phase));
+            }
+            (Some("observation"), Some("supervisor_lost")) => {
+                self.lost.insert(instance);
             }
             (Some("observation"), Some("exited")) => {
                 self.exited = Some(at);
@@ -481,13 +509,24 @@ mod tests {
         ] {
             phases.see(&e);
         }
-        // A killed supervisor: its loss is timed from the kill; the exit that follows a
-        // recreation's start is no restart in place.
+        // A killed supervisor: its loss is timed from the kill, its pod's stop is counted
+        // apart; the exit that follows a recreation's start is no restart in place.
         phases.injected(FaultKind::KillSupervisor, Millis(20_000));
         for e in [
             entry(20_012, "observation", "supervisor_lost", 3),
-            entry(20_013, "decision", "start", 4),
-            entry(20_030, "observation", "spawned", 4),
+            entry(20_012, "decision", "stop", 3),
+            entry(20_014, "decision", "start", 4),
+            entry(20_031, "observation", "spawned", 4),
+        ] {
+            phases.see(&e);
+        }
+        // A truncated config: the kill is timed to the refusal, not to the exit before it.
+        phases.injected(FaultKind::TruncateConfig, Millis(30_000));
+        for e in [
+            entry(30_020, "observation", "exited", 4),
+            entry(30_021, "observation", "config_rejected", 4),
+            entry(30_021, "decision", "stop", 4),
+            entry(30_034, "decision", "start", 5),
         ] {
             phases.see(&e);
         }
@@ -502,7 +541,10 @@ mod tests {
                 ("boot", 300),
                 (HUNG_STOP, 10_000),
                 ("supervisor_loss_notice", 12),
+                (LOST_STOP, 2),
                 ("start_to_spawn", 17),
+                ("config_reject_notice", 21),
+                ("stop", 13),
             ]
         );
     }

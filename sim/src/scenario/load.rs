@@ -295,6 +295,14 @@ fn check(s: &Scenario) -> Vec<(String, String)> {
             problem(&format!("latency.{name}"), &message);
         }
     }
+    for (name, dist) in [
+        ("lost_stop", &s.latency.lost_stop),
+        ("config_reject_notice", &s.latency.config_reject_notice),
+    ] {
+        if let Some(Err(message)) = dist.as_ref().map(check_dist) {
+            problem(&format!("latency.{name}"), &message);
+        }
+    }
     let probes = &s.probes;
     for (name, span) in [
         ("startup_interval", probes.startup_interval),

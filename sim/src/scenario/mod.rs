@@ -294,6 +294,15 @@ pub struct Latency {
     /// last validated is not validated again). Instant by default.
     #[serde(skip_serializing_if = "Dist::is_zero")]
     pub restart: Dist,
+    /// Stopping a pod whose supervisor died: there is no process to signal and no one to
+    /// snapshot it, only the pod to clear. As `stop` when not given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost_stop: Option<Dist>,
+    /// A death whose config changed since it was last validated, to the engine hearing of it:
+    /// the pod supervisor validates the changed config before it restarts in place, and the
+    /// exit and the validator's refusal arrive together. As `exit_notice` when not given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_reject_notice: Option<Dist>,
 }
 
 fn is_zero(span: &Span) -> bool {
@@ -351,6 +360,8 @@ impl Default for Latency {
             exit_notice: Dist::ZERO,
             supervisor_loss_notice: Dist::ZERO,
             restart: Dist::ZERO,
+            lost_stop: None,
+            config_reject_notice: None,
         }
     }
 }

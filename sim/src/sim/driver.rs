@@ -54,12 +54,16 @@ impl Simulation {
                 snapshot,
                 reason,
             } => {
-                let hung = self.agents[agent.index()]
-                    .process
-                    .is_some_and(|p| p.state == ProcessState::Hung);
+                let a = &self.agents[agent.index()];
+                let hung = a.process.is_some_and(|p| p.state == ProcessState::Hung);
+                let lost = a.supervisor_lost && a.pod.is_some_and(|p| p.instance == instance);
+                let stop = match self.scenario.latency.lost_stop {
+                    Some(lost_stop) if lost => lost_stop,
+                    _ => self.scenario.latency.stop,
+                };
                 self.feed_supervisor(node, SupervisorInput::Release { agent, instance });
-                let mut latency = self.latency(agent, self.scenario.latency.schedule)
-                    + self.latency(agent, self.scenario.latency.stop);
+                let mut latency =
+                    self.latency(agent, self.scenario.latency.schedule) + self.latency(agent, stop);
                 if hung {
                     latency = latency + self.scenario.latency.hung_stop_grace.0;
                 }
@@ -173,6 +177,7 @@ impl Simulation {
         }
         let agent = &mut self.agents[id.index()];
         agent.pod = Some(Pod { node, instance });
+        agent.supervisor_lost = false;
         agent.poisoned = snapshot.is_some_and(|s| self.poisoned_snapshots.contains(&(id, s)));
         if reason == StartReason::RestoreKnownGood {
             agent.config_broken = false;

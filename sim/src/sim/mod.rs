@@ -565,7 +565,7 @@ impl Simulation {
     }
 
     /// A latency that draws nothing when it is constant: the lags added after the others
-    /// (`exit_notice`, `supervisor_loss_notice`, `restart`) leave every draw of a scenario
+    /// (`exit_notice`, `supervisor_loss_notice`, `restart`, `config_reject_notice`) leave every draw of a scenario
     /// without them where it was.
     fn lag(&mut self, agent: AgentId, dist: Dist) -> Millis {
         match dist {
@@ -644,6 +644,7 @@ fn placeholder_agent() -> SimAgent {
         baseline_bytes: 0,
         poisoned: false,
         config_broken: false,
+        supervisor_lost: false,
         spike_from: Millis::ZERO,
         spike_until: Millis::ZERO,
         spike_bytes: 0,

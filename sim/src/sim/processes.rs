@@ -65,14 +65,20 @@ impl Simulation {
         }
         self.measures.fault(id, Fault::Crash, self.now);
         self.kill_process(id);
+        self.agents[id.index()].supervisor_lost = true;
         self.notice(id, pod, Death::SupervisorLost);
     }
 
     /// Tells the engine of a death at once, or after the scenario's notice lag.
     fn notice(&mut self, id: AgentId, pod: Pod, death: Death) {
+        let latency = &self.scenario.latency;
         let lag = match death {
-            Death::Exited { .. } => self.scenario.latency.exit_notice,
-            Death::SupervisorLost => self.scenario.latency.supervisor_loss_notice,
+            // Its restart in place validates the changed config first (and refuses it).
+            Death::Exited { .. } if self.agents[id.index()].config_broken => {
+                latency.config_reject_notice.unwrap_or(latency.exit_notice)
+            }
+            Death::Exited { .. } => latency.exit_notice,
+            Death::SupervisorLost => latency.supervisor_loss_notice,
         };
         let lag = self.lag(id, lag);
         if lag == Millis::ZERO {

@@ -178,9 +178,68 @@ fn a_death_reaches_the_engine_after_its_notice_lag_and_a_restart_in_place_after_
 }
 
 #[test]
+fn a_changed_config_is_heard_after_its_own_notice_and_a_lost_pod_stops_in_its_own_time() {
+    let events = "time_ms,agent,kind\n1800000,3,crash\n2400000,4,supervisor_loss\n\
+                  3000000,5,config_corruption\n";
+    let lags = "stop = { kind = \"constant\", value = \"2s\" }\n\
+                exit_notice = { kind = \"constant\", value = \"40ms\" }";
+    let pooled = incidents_of(with_latency(lags), events);
+    let apart = incidents_of(
+        with_latency(&format!(
+            "{lags}\n\
+             lost_stop = {{ kind = \"constant\", value = \"10ms\" }}\n\
+             config_reject_notice = {{ kind = \"constant\", value = \"90ms\" }}"
+        )),
+        events,
+    );
+    let seen = |incidents: &[Incident]| {
+        incidents
+            .iter()
+            .map(|i| (i.1, i.2, i.3, i.5))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        seen(&pooled),
+        vec![
+            (3, "crash", Some(40), 1),
+            (4, "crash", Some(0), 2),
+            (5, "config_corruption", Some(40), 3)
+        ]
+    );
+    // The truncated config's exit waits for the validation that refuses it; a plain crash
+    // does not.
+    assert_eq!(
+        seen(&apart),
+        vec![
+            (3, "crash", Some(40), 1),
+            (4, "crash", Some(0), 2),
+            (5, "config_corruption", Some(90), 3)
+        ]
+    );
+    let recovery = |incidents: &[Incident], i: usize| {
+        incidents[i]
+            .4
+            .unwrap_or_else(|| panic!("recovered: {incidents:?}"))
+    };
+    // Both stops draw alike, so the recreation after a lost supervisor is exactly the two
+    // stops apart; the crash restarted in place stops nothing.
+    assert_eq!(recovery(&pooled, 1), recovery(&apart, 1) + 1_990);
+    assert_eq!(recovery(&pooled, 0), recovery(&apart, 0));
+    // The rejected config's pod has a live supervisor: its stop is `stop`, and only its
+    // later notice moves it.
+    assert_eq!(recovery(&apart, 2), recovery(&pooled, 2) + 50);
+}
+
+#[test]
 fn scenarios_without_notice_lags_do_not_write_them() {
     let text = toml::to_string(&parse(SCENARIO)).expect("a scenario serialises");
-    for field in ["exit_notice", "supervisor_loss_notice", "restart ="] {
+    for field in [
+        "exit_notice",
+        "supervisor_loss_notice",
+        "restart =",
+        "lost_stop",
+        "config_reject_notice",
+    ] {
         assert!(!text.contains(field), "{field} in\n{text}");
     }
     let lagged = toml::to_string(&with_latency(

@@ -27,8 +27,8 @@ pub struct FidelityArgs {
     /// The config of the running `carapace serve` (its data dir, policy and probes).
     #[arg(long)]
     config: PathBuf,
-    /// Where to write the report (summary.md, fidelity.json, rounds.csv, CDF plots, and the
-    /// simulated side's scenario.toml and schedule.csv).
+    /// Where to write the report (summary.md, fidelity.json, rounds.csv, CDF plots, the real
+    /// phases as latencies.csv, and the simulated side's scenario.toml and schedule.csv).
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -62,7 +62,7 @@ pub fn run(args: FidelityArgs) -> anyhow::Result<ExitCode> {
     let summary = summary(&comparison, &sim);
     println!("{summary}");
     if let Some(out) = &args.out {
-        write_report(out, &comparison, &summary, &scenario, &events)?;
+        write_report(out, &comparison, &summary, &scenario, &events, &real.phases)?;
     }
     Ok(if comparison.passed {
         ExitCode::SUCCESS
@@ -200,6 +200,7 @@ fn write_report(
     summary: &str,
     scenario: &carapace_sim::scenario::Scenario,
     events: &[carapace_sim::trace::TraceEvent],
+    phases: &std::collections::BTreeMap<String, Vec<u64>>,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
     std::fs::write(out.join("summary.md"), summary)?;
@@ -276,5 +277,15 @@ fn write_report(
         ])?;
     }
     trace.flush()?;
+    // The real phases, as `carapace chaos` writes them: `carapace calibrate` reads this
+    // report as it reads a chaos run.
+    let mut latencies = csv::Writer::from_path(out.join("latencies.csv"))?;
+    latencies.write_record(["phase", "ms"])?;
+    for (phase, values) in phases {
+        for ms in values {
+            latencies.write_record([phase, &ms.to_string()])?;
+        }
+    }
+    latencies.flush()?;
     Ok(())
 }

@@ -86,6 +86,8 @@ pub fn scenario(
             "restart" => latency.restart = *dist,
             "exit_notice" => latency.exit_notice = *dist,
             "supervisor_loss_notice" => latency.supervisor_loss_notice = *dist,
+            "lost_stop" => latency.lost_stop = Some(*dist),
+            "config_reject_notice" => latency.config_reject_notice = Some(*dist),
             other => unreachable!("calibrate fits no field `{other}`"),
         }
     }

@@ -9,9 +9,12 @@ use carapace_sim::scenario::{Bytes, Span};
 use serde::Deserialize;
 use std::path::Path;
 
-/// Bounds that keep one fidelity run to minutes; beyond them is a typo.
-const MAX_AGENTS: u32 = 32;
-const MAX_ROUNDS: u32 = 200;
+/// Bounds that keep one fidelity run under an hour; beyond them is a typo. A KS distance
+/// under 0.2 needs some 52 real samples to tell apart from noise (see
+/// `compare::ks_critical_95`): as many agents for provisioning, as many rounds of each fault,
+/// so a schedule of every fault class needs a few hundred rounds.
+const MAX_AGENTS: u32 = 128;
+const MAX_ROUNDS: u32 = 1_000;
 const MAX_SPEC_BYTES: u64 = 1 << 20;
 
 #[derive(Clone, Debug, Deserialize)]
