@@ -40,12 +40,15 @@ use nix::unistd::Pid;
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt::Write as _;
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+#[path = "support/real.rs"]
+mod real;
+use real::{Binaries, Scratch};
 
 /// Ports: the API, the bare runs, then one block of `PORT_STRIDE` per pod slot. Kept below
 /// 30,000 (the CLI tests' ports) and outside the kernel's ephemeral range (32768 up).
@@ -177,7 +180,8 @@ fn main() {
         }
     };
     let parent = format!("carapace-serve-real-{}", std::process::id());
-    watch_for_interrupts(parent.clone());
+    let on_interrupt = parent.clone();
+    real::on_interrupt("serve_real", move || cleanup(&on_interrupt));
     let outcome = run(&options, &parent);
     // Whatever happened: no process and no cgroup of ours outlives the bench.
     cleanup(&parent);
@@ -189,7 +193,7 @@ fn main() {
 
 fn run(options: &Options, parent: &str) -> anyhow::Result<()> {
     let bins = Binaries::find()?;
-    let scratch = Scratch::new()?;
+    let scratch = Scratch::new("carapace-serve-real")?;
     let openclaw = if options.openclaw {
         OpenClaw::find()
     } else {
@@ -1046,36 +1050,6 @@ fn run_timed(spec: &ProcessSpec, within: Duration) -> anyhow::Result<f64> {
 // The daemon, its API and its event feed.
 
 #[derive(Debug)]
-struct Binaries {
-    carapace: PathBuf,
-    test_agent: PathBuf,
-}
-
-impl Binaries {
-    /// Beside this bench's own release directory (target/release/deps/serve_real-*), else
-    /// CARGO_MANIFEST_DIR/target/release.
-    fn find() -> anyhow::Result<Binaries> {
-        let mut dirs = Vec::new();
-        if let Some(release) = std::env::current_exe()?.parent().and_then(Path::parent) {
-            dirs.push(release.to_owned());
-        }
-        dirs.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release"));
-        for dir in &dirs {
-            let (carapace, test_agent) = (dir.join("carapace"), dir.join("carapace-test-agent"));
-            if carapace.is_file() && test_agent.is_file() {
-                return Ok(Binaries {
-                    carapace,
-                    test_agent,
-                });
-            }
-        }
-        bail!(
-            "target/release/carapace and carapace-test-agent are missing: run `cargo build --release --bins` first (looked in {dirs:?})"
-        )
-    }
-}
-
-#[derive(Debug)]
 struct Daemon {
     child: Option<Child>,
     api: Api,
@@ -1121,41 +1095,13 @@ impl Daemon {
                  [pods]\nport_base = {PORT_BASE}\nport_stride = {PORT_STRIDE}\nmax_pods = {max_pods}\n{PODS}\n{POLICY}\n{extra}\n"
             ),
         )?;
-        let mut child = Command::new(&bins.carapace)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("start carapace serve")?;
+        let child = real::serve(bins, &config, DAEMON_START)?;
         DAEMON_PID.store(child.id(), Ordering::SeqCst);
-        let stdout = child.stdout.take().context("the daemon's stdout")?;
-        let (lines_tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if lines_tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
         let mut daemon = Daemon {
             child: Some(child),
             api: Api::new(format!("http://127.0.0.1:{api_port}"), String::new()),
             parent: parent.to_owned(),
         };
-        let deadline = Instant::now() + DAEMON_START;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) if line.contains("listening on") => break,
-                Ok(_) => {}
-                Err(_) => bail!("carapace serve did not listen within {DAEMON_START:?}"),
-            }
-        }
         let token = std::fs::read_to_string(dir.join("data/token"))?;
         daemon.api = Api::new(daemon.api.url.clone(), token.trim().to_owned());
         Ok(daemon)
@@ -1177,7 +1123,7 @@ impl Daemon {
         loop {
             let agents = self.api.ok("GET", "/v1/agents", None)?;
             let left = agents["agents"].as_array().map_or(0, Vec::len);
-            let pids = pod_pids(&self.parent);
+            let pids = real::pod_pids(&self.parent);
             if left == 0 && pids.is_empty() {
                 return Ok(());
             }
@@ -1203,20 +1149,6 @@ impl Drop for Daemon {
     }
 }
 
-/// Every live process in this daemon's pods' cgroups.
-fn pod_pids(parent: &str) -> Vec<u32> {
-    let Ok(cgroups) = MemoryCgroups::detect(parent) else {
-        return Vec::new();
-    };
-    let mut pids = Vec::new();
-    for name in cgroups.list() {
-        if let Some(cgroup) = cgroups.open(&name) {
-            pids.extend(cgroup.pids().unwrap_or_default());
-        }
-    }
-    pids
-}
-
 /// Kills the daemon, every bare run and every process of every pod, then removes the pods'
 /// cgroups and their parent. Safe to call more than once.
 fn cleanup(parent: &str) {
@@ -1229,47 +1161,7 @@ fn cleanup(parent: &str) {
             let _ = killpg(Pid::from_raw(*pid as i32), Signal::SIGKILL);
         }
     }
-    let Ok(cgroups) = MemoryCgroups::detect(parent) else {
-        return;
-    };
-    for name in cgroups.list() {
-        if let Some(cgroup) = cgroups.open(&name) {
-            let _ = cgroup.kill_all();
-            if let Err(error) = cgroup.remove_when_empty(Duration::from_secs(10)) {
-                eprintln!(
-                    "serve_real: could not remove {}: {error}",
-                    cgroup.path().display()
-                );
-            }
-        }
-    }
-    let _ = std::fs::remove_dir(cgroups.root());
-}
-
-/// Ctrl-C or SIGTERM: clean up, then exit 130.
-fn watch_for_interrupts(parent: String) {
-    std::thread::spawn(move || {
-        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        runtime.block_on(async {
-            let Ok(mut terminate) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            else {
-                return;
-            };
-            tokio::select! {
-                _ = terminate.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        });
-        eprintln!("serve_real: interrupted; cleaning up");
-        cleanup(&parent);
-        std::process::exit(130);
-    });
+    real::clear_pods(parent, "serve_real");
 }
 
 #[derive(Debug)]
@@ -1394,28 +1286,6 @@ impl Feed {
 }
 
 /// A fresh directory under the system's temp dir, removed on drop.
-#[derive(Debug)]
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> anyhow::Result<Scratch> {
-        let dir = std::env::temp_dir().join(format!("carapace-serve-real-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        Ok(Scratch(dir))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
