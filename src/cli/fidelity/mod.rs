@@ -28,7 +28,8 @@ pub struct FidelityArgs {
     #[arg(long)]
     config: PathBuf,
     /// Where to write the report (summary.md, fidelity.json, rounds.csv, CDF plots, the real
-    /// phases as latencies.csv, and the simulated side's scenario.toml and schedule.csv).
+    /// phases as latencies.csv and feed as feed.jsonl, and the simulated side's scenario.toml
+    /// and schedule.csv).
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -62,7 +63,7 @@ pub fn run(args: FidelityArgs) -> anyhow::Result<ExitCode> {
     let summary = summary(&comparison, &sim);
     println!("{summary}");
     if let Some(out) = &args.out {
-        write_report(out, &comparison, &summary, &scenario, &events, &real.phases)?;
+        write_report(out, &comparison, &summary, &scenario, &events, &real)?;
     }
     Ok(if comparison.passed {
         ExitCode::SUCCESS
@@ -200,7 +201,7 @@ fn write_report(
     summary: &str,
     scenario: &carapace_sim::scenario::Scenario,
     events: &[carapace_sim::trace::TraceEvent],
-    phases: &std::collections::BTreeMap<String, Vec<u64>>,
+    real: &real::RealRun,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
     std::fs::write(out.join("summary.md"), summary)?;
@@ -281,11 +282,18 @@ fn write_report(
     // report as it reads a chaos run.
     let mut latencies = csv::Writer::from_path(out.join("latencies.csv"))?;
     latencies.write_record(["phase", "ms"])?;
-    for (phase, values) in phases {
+    for (phase, values) in &real.phases {
         for ms in values {
             latencies.write_record([phase, &ms.to_string()])?;
         }
     }
     latencies.flush()?;
+    // What the daemon reported about the run's agents, to follow any round phase by phase.
+    let mut feed = Vec::new();
+    for entry in &real.feed {
+        serde_json::to_writer(&mut feed, entry)?;
+        feed.push(b'\n');
+    }
+    std::fs::write(out.join("feed.jsonl"), feed)?;
     Ok(())
 }

@@ -23,6 +23,10 @@ pub struct RealRun {
     pub phases: BTreeMap<String, Vec<u64>>,
     /// The local node's memory capacity as the engine sees it.
     pub node_memory: u64,
+    /// The daemon's feed entries about this run's agents, each with `since_origin_ms` (on
+    /// the clock of the rounds' `at_ms`). The daemon keeps its last 10,000 entries: of a
+    /// longer run, the tail.
+    pub feed: Vec<serde_json::Value>,
 }
 
 /// One round of the schedule, as it went for real.
@@ -171,6 +175,7 @@ pub fn run(spec: &Spec, data: &Path) -> anyhow::Result<RealRun> {
     for client in &clients {
         client.stop();
     }
+    let feed = feed_of(&daemon, feed_start, &agents, origin)?;
     let mut samples: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for phases in phases {
         for (phase, ms) in phases.samples {
@@ -182,7 +187,33 @@ pub fn run(spec: &Spec, data: &Path) -> anyhow::Result<RealRun> {
         rounds,
         phases: samples,
         node_memory,
+        feed,
     })
+}
+
+/// The feed after `after` about `agents`, each entry given its time since `origin`.
+fn feed_of(
+    daemon: &Daemon,
+    after: u64,
+    agents: &[(String, AgentId, Millis)],
+    origin: Millis,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let names: std::collections::BTreeSet<&str> =
+        agents.iter().map(|(name, ..)| name.as_str()).collect();
+    let mut entries = Vec::new();
+    for mut event in daemon.events(after)?["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        if !event["agent"].as_str().is_some_and(|a| names.contains(a)) {
+            continue;
+        }
+        let at = Millis(event["at_ms"].as_u64().unwrap_or(0));
+        event["since_origin_ms"] = at.saturating_since(origin).0.into();
+        entries.push(event);
+    }
+    Ok(entries)
 }
 
 /// Follows the feed from `after` until every agent was ready once; create → first ready.

@@ -191,7 +191,7 @@ pub fn run(
                 _ => 0,
             };
             let values = samples.get(f.phase)?;
-            model(values, spec.judge.min_samples, lag).map(|dist| (f.field, dist))
+            model(values, lag).map(|dist| (f.field, dist))
         })
         .collect();
     let (scenario, events) = scenario(spec, config, real, &models);
@@ -239,15 +239,20 @@ pub fn run(
     ))
 }
 
+/// Samples a phase needs before it is fitted; fewer are simulated by their observed range.
+/// Apart from `judge.min_samples`: how many samples a comparison needs to be judged is not how
+/// many a fit needs to be worth more than the range.
+const FIT_FROM: usize = 8;
+
 /// The simulator's distribution for one phase's sorted samples, `lag` ms earlier: the
-/// log-normal by median and p90 once there are `min_samples` (their observed deciles where
-/// the log-normal fits them badly, as a boot seen at one of two probe ticks); before that,
-/// the observed range, uniform — a log-normal through three samples of a bimodal phase (a
-/// stop that is instant, or waits out the grace period) has a tail that reaches minutes.
-fn model(sorted: &[u64], min_samples: usize, lag: u64) -> Option<Dist> {
+/// log-normal by median and p90 from [`FIT_FROM`] samples (their observed deciles where the
+/// log-normal fits them badly, as a boot seen at one of two probe ticks); before that, the
+/// observed range, uniform — a log-normal through three samples of a bimodal phase (a stop
+/// that is instant, or waits out the grace period) has a tail that reaches minutes.
+fn model(sorted: &[u64], lag: u64) -> Option<Dist> {
     let at = |v: u64| Span(Millis(v.saturating_sub(lag).max(1)));
     let (&low, &high) = (sorted.first()?, sorted.last()?);
-    Some(if sorted.len() >= min_samples.max(3) {
+    Some(if sorted.len() >= FIT_FROM {
         let fit = crate::cli::calibrate::Fit::of(sorted);
         if fit.prefer_deciles(sorted.len()) {
             Dist::Deciles {
