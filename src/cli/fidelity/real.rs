@@ -126,7 +126,7 @@ pub fn run(spec: &Spec, data: &Path) -> anyhow::Result<RealRun> {
             id: *id,
             class: format!("class-{}", spec.agent.class),
             fault,
-            settle: Duration::from_millis(spec.settle.0.0),
+            settle: settle_of(spec.settle.0, k),
             timeout,
             spike_bytes,
             client_timeout,
@@ -216,6 +216,17 @@ fn feed_of(
     Ok(entries)
 }
 
+/// The settle of round `k`: the file's settle plus a jitter of up to as much again, spread
+/// evenly over the rounds (the golden-ratio sequence). A round is settled at a healthy probe,
+/// so a fixed settle that is a multiple of the probe interval would inject every fault at the
+/// same phase of the probe cycle; production's faults, and the simulator's, fall at any.
+pub fn settle_of(settle: Millis, k: usize) -> Duration {
+    const GOLDEN: f64 = 0.618_033_988_749_895;
+    let fraction = (k as f64 * GOLDEN).fract();
+    let jitter = (settle.0 as f64 * fraction) as u64;
+    Duration::from_millis(settle.0 + jitter)
+}
+
 /// Follows the feed from `after` until every agent was ready once; create → first ready.
 fn provisioning(
     daemon: &Daemon,
@@ -258,4 +269,28 @@ fn provisioning(
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(ready.into_iter().map(|r| r.unwrap_or(0)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settles_spread_over_one_more_settle_and_every_phase_of_a_probe_cycle() {
+        let settles: Vec<u64> = (0..200)
+            .map(|k| settle_of(Millis(200), k).as_millis() as u64)
+            .collect();
+        assert_eq!(settles[0], 200);
+        assert!(
+            settles.iter().all(|s| (200..400).contains(s)),
+            "{settles:?}"
+        );
+        // Against a 200 ms probe cycle, every 20 ms tenth of it holds about a tenth of the
+        // rounds (the golden-ratio sequence is within a few of exact).
+        let mut tenths = [0u32; 10];
+        for s in &settles {
+            tenths[((s % 200) / 20) as usize] += 1;
+        }
+        assert!(tenths.iter().all(|n| (16..=24).contains(n)), "{tenths:?}");
+    }
 }

@@ -27,7 +27,8 @@ pub struct Spec {
     /// The fault schedule, in order; round k goes to agent k mod N.
     #[serde(rename = "fault")]
     pub faults: Vec<FaultRounds>,
-    /// Healthy time before each injection (lets the known-good dwell pass).
+    /// Healthy time before each injection (lets the known-good dwell pass), plus a jitter of
+    /// up to as much again (see `real::settle_of`).
     #[serde(default = "defaults::settle")]
     pub settle: Span,
     /// Give up on one round, or on an agent's provisioning, after this.
