@@ -29,12 +29,12 @@
 use anyhow::{Context as _, bail};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 #[path = "support/real.rs"]
 mod real;
-use real::{Binaries, Scratch};
+use real::{Binaries, DAEMON_PID, Scratch};
 
 /// The API and one port per pod slot: below the CLI tests' ports (20,000 up) and above
 /// `serve_real`'s (16,000–17,xxx).
@@ -47,9 +47,6 @@ const DAEMON_START: Duration = Duration::from_secs(30);
 /// Real samples from which a KS distance is judged: where its noise floor, with 10 seeds,
 /// falls under the 0.2 target.
 const JUDGED_FROM: usize = 52;
-
-/// The daemon's pid, for the Ctrl-C path.
-static DAEMON_PID: AtomicU32 = AtomicU32::new(0);
 
 /// Probes fast beside the test agent's 200 ms boot.
 const PODS: &str = r#"
@@ -119,34 +116,11 @@ impl Options {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let options = match Options::parse(&args) {
-        Ok(options) => options,
-        Err(error) => {
-            eprintln!("fidelity_real: {error:#}");
-            std::process::exit(2);
-        }
-    };
-    let parent = format!("carapace-bench-fidelity-{}", std::process::id());
-    let on_interrupt = parent.clone();
-    real::on_interrupt("fidelity_real", move || cleanup(&on_interrupt));
-    let outcome = run(&options, &parent);
-    // Whatever happened: no process and no cgroup of ours outlives the bench.
-    cleanup(&parent);
-    if let Err(error) = outcome {
-        eprintln!("fidelity_real: {error:#}");
-        std::process::exit(1);
-    }
+    real::main("fidelity_real", Options::parse, run, cleanup);
 }
 
 fn cleanup(parent: &str) {
-    let daemon = DAEMON_PID.swap(0, Ordering::SeqCst);
-    if daemon != 0 {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(daemon as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
+    real::kill_daemon();
     real::clear_pods(parent, "fidelity_real");
 }
 

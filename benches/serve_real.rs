@@ -43,12 +43,12 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 #[path = "support/real.rs"]
 mod real;
-use real::{Binaries, Scratch};
+use real::{Binaries, DAEMON_PID, Scratch};
 
 /// Ports: the API, the bare runs, then one block of `PORT_STRIDE` per pod slot. Kept below
 /// 30,000 (the CLI tests' ports) and outside the kernel's ephemeral range (32768 up).
@@ -105,7 +105,6 @@ snapshot_interval_ms = 3600000
 "#;
 
 /// The daemon's pid and process groups the bench started, for the Ctrl-C path.
-static DAEMON_PID: AtomicU32 = AtomicU32::new(0);
 static BARE_GROUPS: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
 
 #[derive(Debug)]
@@ -171,24 +170,7 @@ impl Options {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let options = match Options::parse(&args) {
-        Ok(options) => options,
-        Err(error) => {
-            eprintln!("serve_real: {error:#}");
-            std::process::exit(2);
-        }
-    };
-    let parent = format!("carapace-serve-real-{}", std::process::id());
-    let on_interrupt = parent.clone();
-    real::on_interrupt("serve_real", move || cleanup(&on_interrupt));
-    let outcome = run(&options, &parent);
-    // Whatever happened: no process and no cgroup of ours outlives the bench.
-    cleanup(&parent);
-    if let Err(error) = outcome {
-        eprintln!("serve_real: {error:#}");
-        std::process::exit(1);
-    }
+    real::main("serve_real", Options::parse, run, cleanup);
 }
 
 fn run(options: &Options, parent: &str) -> anyhow::Result<()> {
@@ -1152,10 +1134,7 @@ impl Drop for Daemon {
 /// Kills the daemon, every bare run and every process of every pod, then removes the pods'
 /// cgroups and their parent. Safe to call more than once.
 fn cleanup(parent: &str) {
-    let daemon = DAEMON_PID.swap(0, Ordering::SeqCst);
-    if daemon != 0 {
-        let _ = kill(Pid::from_raw(daemon as i32), Signal::SIGKILL);
-    }
+    real::kill_daemon();
     if let Ok(groups) = BARE_GROUPS.lock() {
         for pid in groups.iter() {
             let _ = killpg(Pid::from_raw(*pid as i32), Signal::SIGKILL);

@@ -6,7 +6,55 @@ use carapace_drivers::cgroup::MemoryCgroups;
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+/// The pid of the daemon a bench runs, for the Ctrl-C path (0: none).
+pub static DAEMON_PID: AtomicU32 = AtomicU32::new(0);
+
+/// A bench's `main`: parses its arguments (exit 2 when they are bad), runs it with a pod
+/// cgroup parent of its own (`{bench}-{pid}`), and runs `cleanup` however it ends, on Ctrl-C
+/// too (exit 1 when it failed, 130 when interrupted).
+pub fn main<O>(
+    bench: &'static str,
+    parse: fn(&[String]) -> anyhow::Result<O>,
+    run: fn(&O, &str) -> anyhow::Result<()>,
+    cleanup: fn(&str),
+) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let options = match parse(&args) {
+        Ok(options) => options,
+        Err(error) => {
+            eprintln!("{bench}: {error:#}");
+            std::process::exit(2);
+        }
+    };
+    let parent = format!(
+        "carapace-{}-{}",
+        bench.replace('_', "-"),
+        std::process::id()
+    );
+    let on_interrupt = parent.clone();
+    self::on_interrupt(bench, move || cleanup(&on_interrupt));
+    let outcome = run(&options, &parent);
+    // Whatever happened: no process and no cgroup of ours outlives the bench.
+    cleanup(&parent);
+    if let Err(error) = outcome {
+        eprintln!("{bench}: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Kills the daemon `DAEMON_PID` names, if any.
+pub fn kill_daemon() {
+    let daemon = DAEMON_PID.swap(0, Ordering::SeqCst);
+    if daemon != 0 {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(daemon as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
 
 pub struct Binaries {
     pub carapace: PathBuf,
@@ -132,7 +180,7 @@ pub fn clear_pods(parent: &str, bench: &str) {
 }
 
 /// On Ctrl-C or SIGTERM: says so, runs `cleanup`, then exits 130.
-pub fn on_interrupt(bench: &'static str, cleanup: impl FnOnce() + Send + 'static) {
+fn on_interrupt(bench: &'static str, cleanup: impl FnOnce() + Send + 'static) {
     std::thread::spawn(move || {
         let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
             .enable_all()
