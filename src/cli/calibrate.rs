@@ -7,10 +7,10 @@
 //! follows it (`stop`, and `lost_stop` for a pod whose supervisor died), an exit to the
 //! process restarted in place (`restart`), and a kill of the agent, of its pod supervisor or
 //! of an agent whose config was truncated to the engine hearing of it (`exit_notice`,
-//! `supervisor_loss_notice`, `config_reject_notice`). Each phase is fitted as the simulator's log-normal — by its
-//! median and 90th percentile, the very parameters a scenario gives — and the fit is judged by the
-//! Kolmogorov–Smirnov distance between the samples and the fitted distribution. Where it fits
-//! badly, the phase is written as its observed deciles instead.
+//! `supervisor_loss_notice`, `config_reject_notice`). Each phase is fitted as the simulator's
+//! log-normal — by its median and 90th percentile, the very parameters a scenario gives — and
+//! the fit is judged by the Kolmogorov–Smirnov distance between the samples and the fitted
+//! distribution. Where it fits badly, the phase is written as its observed deciles instead.
 
 use super::EXIT_BAD_INPUT;
 use super::chaos::FaultKind;
