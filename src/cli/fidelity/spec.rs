@@ -269,8 +269,16 @@ mod tests {
         );
         let none = parse(&format!("agents = 2\n{AGENT}fault = []\n")).unwrap_err();
         assert!(none.contains("field `fault`"), "{none}");
-        let many = parse(&format!("agents = 99\n{AGENT}[[fault]]\nkind = \"kill\"\n")).unwrap_err();
+        let fleet = |agents: u32, repeat: u32| {
+            parse(&format!(
+                "agents = {agents}\n{AGENT}[[fault]]\nkind = \"kill\"\nrepeat = {repeat}\n"
+            ))
+        };
+        assert!(fleet(MAX_AGENTS, MAX_ROUNDS).is_ok());
+        let many = fleet(MAX_AGENTS + 1, 1).unwrap_err();
         assert!(many.contains("field `agents`"), "{many}");
+        let long = fleet(1, MAX_ROUNDS + 1).unwrap_err();
+        assert!(long.contains("field `fault.repeat`"), "{long}");
         let daemon = parse(&format!(
             "agents = 1\n{AGENT}[[fault]]\nkind = \"kill-daemon\"\n"
         ))
