@@ -141,6 +141,11 @@ fn incidents_of(scenario: carapace_sim::scenario::Scenario, events: &str) -> Vec
         .collect()
 }
 
+/// Agent, fault, detection and rung of each incident.
+fn detections(incidents: &[Incident]) -> Vec<(u32, &'static str, Option<u64>, u8)> {
+    incidents.iter().map(|i| (i.1, i.2, i.3, i.5)).collect()
+}
+
 #[test]
 fn a_death_reaches_the_engine_after_its_notice_lag_and_a_restart_in_place_after_its_own() {
     let events = "time_ms,agent,kind\n1800000,3,crash\n2400000,4,supervisor_loss\n";
@@ -153,12 +158,6 @@ fn a_death_reaches_the_engine_after_its_notice_lag_and_a_restart_in_place_after_
         ),
         events,
     );
-    let detections = |incidents: &[Incident]| {
-        incidents
-            .iter()
-            .map(|i| (i.1, i.2, i.3, i.5))
-            .collect::<Vec<_>>()
-    };
     assert_eq!(
         detections(&instant),
         vec![(3, "crash", Some(0), 1), (4, "crash", Some(0), 2)]
@@ -192,14 +191,8 @@ fn a_changed_config_is_heard_after_its_own_notice_and_a_lost_pod_stops_in_its_ow
         )),
         events,
     );
-    let seen = |incidents: &[Incident]| {
-        incidents
-            .iter()
-            .map(|i| (i.1, i.2, i.3, i.5))
-            .collect::<Vec<_>>()
-    };
     assert_eq!(
-        seen(&pooled),
+        detections(&pooled),
         vec![
             (3, "crash", Some(40), 1),
             (4, "crash", Some(0), 2),
@@ -209,7 +202,7 @@ fn a_changed_config_is_heard_after_its_own_notice_and_a_lost_pod_stops_in_its_ow
     // The truncated config's exit waits for the validation that refuses it; a plain crash
     // does not.
     assert_eq!(
-        seen(&apart),
+        detections(&apart),
         vec![
             (3, "crash", Some(40), 1),
             (4, "crash", Some(0), 2),

@@ -201,11 +201,11 @@ fn feed_of(
     let names: std::collections::BTreeSet<&str> =
         agents.iter().map(|(name, ..)| name.as_str()).collect();
     let mut entries = Vec::new();
-    for mut event in daemon.events(after)?["events"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-    {
+    let mut feed = daemon.events(after)?;
+    let serde_json::Value::Array(events) = feed["events"].take() else {
+        return Ok(entries);
+    };
+    for mut event in events {
         if !event["agent"].as_str().is_some_and(|a| names.contains(a)) {
             continue;
         }
