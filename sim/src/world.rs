@@ -179,12 +179,13 @@ impl SimNode {
             hot.attention_at = Millis(u64::MAX);
             return;
         }
-        if hot.slow || now < hot.spike_until {
+        // A process whose restart lag has not passed yet has no uptime to sum (the sum is
+        // asked for at times after every member's start): evaluated alone until it starts.
+        if hot.slow || now < hot.spike_until || now < hot.started_at {
             hot.attention_at = Millis::ZERO;
             self.next_attention = Millis::ZERO;
             return;
         }
-        debug_assert!(hot.started_at <= now, "a process starts in the past");
         let class = usize::from(hot.class);
         let sum = &mut self.steady[class];
         sum.insert(hot.baseline_bytes, hot.started_at);
