@@ -396,16 +396,21 @@ pub enum TraceEventKind {
     NodeFailure,
     /// The agent's pod supervisor dies (and its agent with it); the node reports the loss.
     SupervisorLoss,
+    /// The agent is removed and a new one of its class and tenant is created in its place, as
+    /// an operator deletes an agent and creates it again; later rows naming the agent reach
+    /// the new one. Its provisioning is measured like any create.
+    Recreate,
 }
 
 impl TraceEventKind {
-    pub const ALL: [TraceEventKind; 6] = [
+    pub const ALL: [TraceEventKind; 7] = [
         TraceEventKind::Crash,
         TraceEventKind::Hang,
         TraceEventKind::ConfigCorruption,
         TraceEventKind::Spike,
         TraceEventKind::NodeFailure,
         TraceEventKind::SupervisorLoss,
+        TraceEventKind::Recreate,
     ];
 
     /// The name an event trace gives it.
@@ -417,13 +422,14 @@ impl TraceEventKind {
             TraceEventKind::Spike => "spike",
             TraceEventKind::NodeFailure => "node_failure",
             TraceEventKind::SupervisorLoss => "supervisor_loss",
+            TraceEventKind::Recreate => "recreate",
         }
     }
 }
 
 /// `time_ms,agent,kind,value,duration_ms` with a header row; kinds are `crash`, `hang`,
-/// `config_corruption`, `spike` (value: bytes, duration_ms: its length), `supervisor_loss`
-/// and `node_failure` (agent: the node's index). Returned in time order (rows of one time keep their order).
+/// `config_corruption`, `spike` (value: bytes, duration_ms: its length), `supervisor_loss`,
+/// `recreate` and `node_failure` (agent: the node's index). Returned in time order (rows of one time keep their order).
 pub fn parse_events(text: &str, file: &str) -> Result<Vec<TraceEvent>, TraceError> {
     let mut events = read_rows(text, file, b',', |record, line| {
         let at_ms: u64 = field(record, 0, "time_ms", file, line)?;

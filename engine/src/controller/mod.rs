@@ -126,6 +126,7 @@ pub enum AgentStatus {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentView {
     pub status: AgentStatus,
+    pub tenant: crate::TenantId,
     pub instance: Instance,
     pub node: Option<NodeId>,
     /// The version the agent runs (or is starting at).
@@ -283,6 +284,7 @@ impl Controller {
                 state::Phase::Stopping { .. } => AgentStatus::Stopping,
                 state::Phase::Parked => AgentStatus::Parked,
             },
+            tenant: agent.spec.tenant,
             instance: agent.instance,
             node: agent.node,
             version: agent.version,

@@ -51,6 +51,36 @@ impl Simulation {
         }
     }
 
+    /// The agent a replayed trace row names by `target`.
+    pub(super) fn trace_agent(&self, target: u32) -> AgentId {
+        self.recreated
+            .get(&target)
+            .copied()
+            .unwrap_or(AgentId(target))
+    }
+
+    /// A replayed `recreate`: the agent the trace names is removed and a new one of its class
+    /// and tenant takes its place, and its name in the rest of the trace. Removed first, as
+    /// an operator's delete is answered before their create is sent.
+    pub(super) fn recreate(&mut self, target: u32) {
+        let old = self.trace_agent(target);
+        let Some(view) = self.controller.agent(old) else {
+            return;
+        };
+        let Some(class) = self
+            .agents
+            .get(old.index())
+            .filter(|a| a.desired)
+            .map(|a| a.class)
+        else {
+            return;
+        };
+        self.remove_agent(old);
+        let id = AgentId(self.agents.len() as u32);
+        self.create_agent(id, class, view.tenant.0);
+        self.recreated.insert(target, id);
+    }
+
     pub(super) fn remove_agent(&mut self, id: AgentId) {
         self.feed(Input::RemoveAgent { agent: id });
         if self.controller.agent(id).is_none() {

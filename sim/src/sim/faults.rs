@@ -203,13 +203,17 @@ impl Simulation {
                 self.node_fail(NodeId(event.target));
                 return;
             }
+            TraceEventKind::Recreate => {
+                self.recreate(event.target);
+                return;
+            }
             TraceEventKind::SupervisorLoss => None,
             TraceEventKind::Crash => Some(FaultKind::Crash),
             TraceEventKind::Hang => Some(FaultKind::Hang),
             TraceEventKind::ConfigCorruption => Some(FaultKind::ConfigCorruption),
             TraceEventKind::Spike => Some(FaultKind::Spike),
         };
-        let id = AgentId(event.target);
+        let id = self.trace_agent(event.target);
         if !self.agents.get(id.index()).is_some_and(|a| a.desired) {
             return;
         }

@@ -224,6 +224,9 @@ pub struct Simulation {
     series: Vec<MemorySeries>,
     /// Faults replayed at fixed times (see [`crate::trace::load_all`]).
     replayed: Vec<TraceEvent>,
+    /// The agent each trace target a replayed `recreate` replaced now names (targets not in
+    /// it name the agent of their own index).
+    recreated: BTreeMap<u32, AgentId>,
     /// Draw counters per agent, beside `agents` rather than in it: the node tick reads every
     /// agent and never these.
     draws: Vec<Counters>,
@@ -317,6 +320,7 @@ impl Simulation {
             churn_counter: Counters::default(),
             series: loaded,
             replayed: events,
+            recreated: BTreeMap::new(),
             draws: Vec::new(),
             tick_usage: Vec::new(),
             tick_killed: Vec::new(),

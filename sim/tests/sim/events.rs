@@ -2,6 +2,7 @@
 //! nothing else happens when the seeded fault processes are off.
 
 use crate::common::{Scratch, parse};
+use carapace_engine::{AgentId, AgentStatus};
 use carapace_sim::Simulation;
 use carapace_sim::report::Report;
 use carapace_sim::trace;
@@ -106,6 +107,50 @@ fn a_lost_supervisor_is_escalated_at_once_and_its_agent_recreated() {
     let [(1_800_000, 4, "crash", Some(0), Some(_), 2)] = incidents[..] else {
         panic!("one recovered incident, seen at once, by rung 2: {incidents:?}");
     };
+}
+
+#[test]
+fn a_recreated_agent_is_provisioned_anew_and_takes_its_place_in_the_rest_of_the_trace() {
+    let run = |events: &str| {
+        let dir = Scratch::new("events-recreate");
+        std::fs::write(dir.path().join("events.csv"), events).unwrap();
+        let scenario = parse(SCENARIO);
+        let replays = trace::load_all(&scenario, dir.path()).expect("the trace loads");
+        let mut sim = Simulation::new(scenario, replays).unwrap();
+        sim.check_invariants_every(1);
+        sim.run(|_| {});
+        sim
+    };
+    let plain = run("time_ms,agent,kind\n2400000,3,crash\n");
+    let recreated = run("time_ms,agent,kind\n1800000,3,recreate\n2400000,3,crash\n");
+    let report = Report::of(&recreated);
+    assert_eq!(report.summary.invariant_violation, None);
+    let controller = recreated.controller();
+    assert!(
+        controller.agent(AgentId(3)).is_none(),
+        "the old agent is gone"
+    );
+    let new = controller
+        .agent(AgentId(10))
+        .expect("the new agent takes the next id");
+    assert_eq!(new.status, AgentStatus::Running);
+    assert_eq!(
+        new.tenant,
+        plain.controller().agent(AgentId(3)).unwrap().tenant,
+        "it keeps the tenant of the agent it replaces"
+    );
+    // One provisioning more than without the recreate: the new agent's create.
+    assert_eq!(
+        recreated.measures().provisioning.len(),
+        plain.measures().provisioning.len() + 1
+    );
+    // The crash the trace gives agent 3 after the recreate reaches the agent in its place.
+    let crashes: Vec<(u64, u32)> = report
+        .incidents
+        .iter()
+        .map(|i| (i.start_ms, i.agent))
+        .collect();
+    assert_eq!(crashes, [(2_400_000, 10)]);
 }
 
 /// The scenario with `latency` lines added (a `[latency]` table).
