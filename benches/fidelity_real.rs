@@ -8,15 +8,16 @@
 //! A KS distance is only worth judging beside its noise floor (`KS noise` in the report):
 //! with 10 seeds it falls under the 0.2 target from 52 real samples, so the default is 64
 //! rounds of each fault, and only distributions of at least 52 real samples are judged.
-//! Provisioning has one sample per agent; the default 8 agents are too few to judge it, and
-//! 64 agents (`--agents 64`) load the two cores of the project machine so much that every
-//! real phase depends on how many agents run beside it (see benches/README.md).
+//! Provisioning has one sample per create: 8 agents are too few to judge it, and 64 agents
+//! at once load the two cores of the project machine so much that every real phase depends
+//! on how many agents run beside it (see benches/README.md), so the run ends with as many
+//! recreates as rounds of a fault (each an agent removed and created again, one at a time).
 //!
 //! ```sh
 //! cargo build --release --bins
-//! cargo bench --bench fidelity_real                            # 8 agents, 64 rounds of each fault
+//! cargo bench --bench fidelity_real      # 8 agents, 64 rounds of each fault, 64 recreates
 //! cargo bench --bench fidelity_real -- --agents 4 --rounds 8  # a quick look (too few to judge)
-//! cargo bench --bench fidelity_real -- --agents 64 --seeds 20 --out FILE
+//! cargo bench --bench fidelity_real -- --agents 64 --recreates 0 --seeds 20 --out FILE
 //! ```
 //!
 //! Exits 1 when the daemon or the fidelity run could not run; a fidelity verdict of "fail" is
@@ -78,17 +79,20 @@ snapshot_interval_ms = 600000
 struct Options {
     agents: usize,
     rounds: usize,
+    /// Recreates after the schedule (default: as many as `rounds`).
+    recreates: Option<usize>,
     seeds: usize,
     out: PathBuf,
 }
 
 impl Options {
-    /// `--agents N`, `--rounds N` (of each fault), `--seeds N`, `--out FILE`; anything else
-    /// (cargo passes `--bench`) is ignored.
+    /// `--agents N`, `--rounds N` (of each fault), `--recreates N`, `--seeds N`, `--out FILE`;
+    /// anything else (cargo passes `--bench`) is ignored.
     fn parse(args: &[String]) -> anyhow::Result<Options> {
         let mut options = Options {
             agents: 8,
             rounds: 64,
+            recreates: None,
             seeds: 10,
             out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/fidelity_real.md"),
         };
@@ -103,6 +107,13 @@ impl Options {
             match arg.as_str() {
                 "--agents" => options.agents = number("--agents")?,
                 "--rounds" => options.rounds = number("--rounds")?,
+                "--recreates" => {
+                    options.recreates = Some(
+                        args.next()
+                            .and_then(|v| v.parse().ok())
+                            .context("--recreates needs a number")?,
+                    )
+                }
                 "--seeds" => options.seeds = number("--seeds")?,
                 "--out" => options.out = PathBuf::from(args.next().context("--out needs a file")?),
                 _ => {}
@@ -112,6 +123,10 @@ impl Options {
             bail!("--agents: at most {MAX_AGENTS}");
         }
         Ok(options)
+    }
+
+    fn recreates(&self) -> usize {
+        self.recreates.unwrap_or(self.rounds)
     }
 }
 
@@ -196,9 +211,10 @@ fn run(options: &Options, parent: &str) -> anyhow::Result<()> {
     let summary = String::from_utf8_lossy(&fidelity.stdout);
     let text = format!(
         "# fidelity_real\n\n{} agents (`carapace-test-agent`, 200 ms boot), {} rounds each of kill, hang, \
-         truncate-config and kill-supervisor, {} seeds; {:.0} s; verdict: **{verdict}**\n\n{}",
+         truncate-config and kill-supervisor, {} recreates, {} seeds; {:.0} s; verdict: **{verdict}**\n\n{}",
         options.agents,
         options.rounds,
+        options.recreates(),
         options.seeds,
         took.as_secs_f64(),
         distributions(&summary)
@@ -220,7 +236,7 @@ fn run(options: &Options, parent: &str) -> anyhow::Result<()> {
 fn spec_text(options: &Options, test_agent: &Path) -> String {
     let agent = test_agent.display();
     let mut text = format!(
-        "agents = {}\nsettle = \"200ms\"\ntimeout = \"2m\"\n\
+        "agents = {}\nrecreates = {}\nsettle = \"200ms\"\ntimeout = \"2m\"\n\
          [client]\ninterval = \"100ms\"\n\
          [sim]\nseeds = {}\n\
          [judge]\nks_max = 0.2\nmin_samples = {JUDGED_FROM}\n\
@@ -229,7 +245,9 @@ fn spec_text(options: &Options, test_agent: &Path) -> String {
          probe = \"http://127.0.0.1:{{port}}/readyz\"\n\
          validate = [\"{agent}\", \"--validate\", \"--config\", \"{{config}}\"]\n\
          [agent.config]\nport = 1\nboot_ms = 200\ngreeting = \"v1\"\n",
-        options.agents, options.seeds
+        options.agents,
+        options.recreates(),
+        options.seeds
     );
     for kind in ["kill", "hang", "truncate-config", "kill-supervisor"] {
         text.push_str(&format!(

@@ -57,7 +57,7 @@ fn every_fault_is_resolved_by_the_same_rung_for_real_and_in_the_simulator() {
         {"kind": "truncate-config"},
         {"kind": "kill-supervisor"},
     ]);
-    let timing = json!({"settle": "200ms", "timeout": "60s", "client": {"interval": "100ms"}, "sim": {"seeds": 5}});
+    let timing = json!({"settle": "200ms", "timeout": "60s", "client": {"interval": "100ms"}, "sim": {"seeds": 5}, "recreates": 3});
     let spec = spec(&scratch, 2, body, faults, timing);
     let out = scratch.path().join("report");
     let run = fidelity(&spec, &served, &out);
@@ -95,7 +95,7 @@ fn every_fault_is_resolved_by_the_same_rung_for_real_and_in_the_simulator() {
         run.stdout
     );
     assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
-    // Provisioning of both agents was measured on both sides.
+    // Provisioning of both agents and of the three recreates was measured on both sides.
     let provisioning = report["distributions"]
         .as_array()
         .expect("distributions")
@@ -103,15 +103,16 @@ fn every_fault_is_resolved_by_the_same_rung_for_real_and_in_the_simulator() {
         .find(|d| d["measure"] == "provisioning")
         .expect("a provisioning row")
         .clone();
-    assert_eq!(provisioning["real_n"], 2, "{provisioning}");
+    assert_eq!(provisioning["real_n"], 5, "{provisioning}");
     assert_eq!(
-        provisioning["sim_n"], 10,
-        "two agents × five seeds: {provisioning}"
+        provisioning["sim_n"], 25,
+        "five creates × five seeds: {provisioning}"
     );
-    // Two real samples say next to nothing: the distance one distribution's samples of
-    // these sizes exceed one time in twenty is beyond 1.
+    assert_eq!(report["recreated"], 3, "{}", run.stdout);
+    // Five real samples say little: the distance one distribution's samples of these sizes
+    // exceed one time in twenty is 0.66.
     assert!(
-        provisioning["ks_noise"].as_f64().is_some_and(|d| d > 1.0),
+        provisioning["ks_noise"].as_f64().is_some_and(|d| d > 0.6),
         "{provisioning}"
     );
     for file in [
@@ -123,6 +124,22 @@ fn every_fault_is_resolved_by_the_same_rung_for_real_and_in_the_simulator() {
         "schedule.csv",
     ] {
         assert!(out.join(file).exists(), "{file} is missing");
+    }
+    // The simulated side recreates the agents the real one did (agent 0, 1, then 0 again),
+    // and the feed follows each new name.
+    let schedule = std::fs::read_to_string(out.join("schedule.csv")).expect("schedule.csv");
+    let recreated: Vec<&str> = schedule
+        .lines()
+        .filter(|l| l.contains(",recreate,"))
+        .map(|l| l.split(',').nth(1).unwrap_or(""))
+        .collect();
+    assert_eq!(recreated, ["0", "1", "0"], "{schedule}");
+    let feed = std::fs::read_to_string(out.join("feed.jsonl")).expect("feed.jsonl");
+    for name in ["fid-1.2", "fid-2.2", "fid-1.3"] {
+        assert!(
+            feed.contains(&format!("\"agent\":\"{name}\"")),
+            "{name} in the feed"
+        );
     }
     // The simulated side is a scenario `carapace sim` accepts as it is.
     let validated = carapace(["validate", &out.join("scenario.toml").display().to_string()]);
@@ -197,6 +214,7 @@ fn real_openclaw_gateways_and_the_simulator_resolve_every_fault_by_the_same_rung
         "settle": "11s",
         "timeout": format!("{}s", BOOT.as_secs()),
         "sim": {"seeds": 5},
+        "recreates": 1,
     });
     let body = gateway("claw", &openclaw, &node_bin, mock.port);
     let spec = spec(&scratch, 3, body, faults, timing);
@@ -212,6 +230,8 @@ fn real_openclaw_gateways_and_the_simulator_resolve_every_fault_by_the_same_rung
         .map(|r| r["real_rung"].as_u64().unwrap_or(0))
         .collect();
     assert_eq!(real, [1, 2, 3, 2], "{}\n{}", run.stdout, run.stderr);
+    // A gateway removed and created again is provisioned anew, on both sides.
+    assert_eq!(report["recreated"], 1, "{}\n{}", run.stdout, run.stderr);
     assert_eq!(
         different_rungs(&report),
         Vec::<Value>::new(),

@@ -50,6 +50,9 @@ pub struct Comparison {
     pub distributions: Vec<DistributionRow>,
     pub ks_max: f64,
     pub min_samples: usize,
+    /// Recreates after the schedule that provisioned, and why the one that did not failed.
+    pub recreated: usize,
+    pub recreate_failure: Option<String>,
     pub passed: bool,
 }
 
@@ -108,13 +111,17 @@ pub fn compare(real: &RealRun, sim: &SimRun, judge: &Judge) -> Comparison {
         sim.provisioning_ms.clone(),
         judge,
     ));
-    let passed =
-        rounds.iter().all(|r| r.same_rung) && distributions.iter().all(|d| d.passed != Some(false));
+    let recreate_failure = real.recreates.iter().find_map(|r| r.outcome.clone().err());
+    let passed = rounds.iter().all(|r| r.same_rung)
+        && distributions.iter().all(|d| d.passed != Some(false))
+        && recreate_failure.is_none();
     Comparison {
         rounds,
         distributions,
         ks_max: judge.ks_max,
         min_samples: judge.min_samples,
+        recreated: real.recreates.iter().filter(|r| r.outcome.is_ok()).count(),
+        recreate_failure,
         passed,
     }
 }

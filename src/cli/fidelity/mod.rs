@@ -149,6 +149,16 @@ fn summary(comparison: &Comparison, sim: &simulated::SimRun) -> String {
             }
         );
     }
+    if comparison.recreated > 0 || comparison.recreate_failure.is_some() {
+        let _ = writeln!(
+            text,
+            "\nProvisioning pools the first creates and {} recreates (each an agent removed and created again, one at a time).",
+            comparison.recreated
+        );
+    }
+    if let Some(error) = &comparison.recreate_failure {
+        let _ = writeln!(text, "\n**A recreate failed**: {error}");
+    }
     text.push_str("\n## Latencies from the real run\n\n| field | real phase | n | simulated as | log-normal fit (median, p90) | KS of the fit |\n|---|---|---|---|---|---|\n");
     for fitted in &sim.fitted {
         let model = sim
@@ -174,7 +184,7 @@ fn summary(comparison: &Comparison, sim: &simulated::SimRun) -> String {
         if comparison.passed {
             "pass: the simulator chose the real rung for every fault"
         } else {
-            "FAIL: see the rows marked NO or FAIL"
+            "FAIL: see the rows marked NO or FAIL, and any failed recreate"
         }
     );
     text

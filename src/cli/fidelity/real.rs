@@ -1,12 +1,13 @@
 //! The real side of a fidelity run: create the agents on a running `carapace serve`, measure
 //! their provisioning, put them through the fault schedule one round at a time (chaos rounds),
-//! and remove them again.
+//! recreate them one at a time for more provisioning samples, and remove them again.
 
 use super::spec::Spec;
 use crate::cli::calibrate::Phases;
 use crate::cli::chaos::FaultKind;
 use crate::cli::chaos::daemon::{Client, Daemon};
 use crate::cli::chaos::round::{self, Ending, Plan};
+use crate::cli::serve::agents::AgentRequest;
 use carapace_engine::{AgentId, Millis};
 use carapace_sim::Measures;
 use std::collections::BTreeMap;
@@ -16,9 +17,11 @@ use std::time::{Duration, Instant};
 /// What the real daemon did with the schedule.
 #[derive(Debug)]
 pub struct RealRun {
-    /// Create accepted → first ready, per agent, in creation order.
+    /// Create accepted → first ready: per agent in creation order, then per recreate that
+    /// provisioned.
     pub provisioning_ms: Vec<u64>,
     pub rounds: Vec<RealRound>,
+    pub recreates: Vec<RealRecreate>,
     /// Phase samples for calibration (as `carapace chaos` writes them to latencies.csv).
     pub phases: BTreeMap<String, Vec<u64>>,
     /// The local node's memory capacity as the engine sees it.
@@ -39,6 +42,17 @@ pub struct RealRound {
     /// Injection time since the first agent was created (the schedule's time zero).
     pub at_ms: u64,
     pub outcome: Result<Resolved, String>,
+}
+
+/// One recreate after the schedule: the agent removed and created again under a new name.
+#[derive(Clone, Debug)]
+pub struct RealRecreate {
+    /// Index of the agent in creation order.
+    pub agent: u32,
+    /// The new agent's create, since the first agent was created.
+    pub at_ms: u64,
+    /// Its provisioning.
+    pub outcome: Result<u64, String>,
 }
 
 /// How a round ended: its rung (4: an alert; 0: the agent never stopped) and times.
@@ -81,28 +95,13 @@ pub fn run(spec: &Spec, data: &Path) -> anyhow::Result<RealRun> {
     let feed_start = daemon.feed_tail()?;
     let mut agents: Vec<(String, AgentId, Millis)> = Vec::new();
     for index in 0..spec.agents {
-        let mut body = spec.agent.clone();
-        body.name = spec.agent_name(index);
-        let (status, view) =
-            daemon.send("POST", "/v1/agents", Some(&serde_json::to_value(&body)?))?;
-        if status != 201 {
-            anyhow::bail!(
-                "creating {} answered {status}: {}",
-                body.name,
-                view["error"].as_str().unwrap_or("")
-            );
-        }
-        created.names.push(body.name.clone());
-        let id = view["id"]
-            .as_u64()
-            .and_then(|id| u32::try_from(id).ok())
-            .ok_or_else(|| anyhow::anyhow!("the created view has no id: {view}"))?;
-        let at = Millis(view["now_ms"].as_u64().unwrap_or(0));
-        agents.push((body.name, AgentId(id), at));
+        let name = spec.agent_name(index);
+        let (id, at) = create(&daemon, &mut created, &spec.agent, &name)?;
+        agents.push((name, id, at));
     }
     let origin = agents[0].2;
     let mut phases: Vec<Phases> = agents.iter().map(|_| Phases::default()).collect();
-    let provisioning_ms = provisioning(&daemon, &agents, feed_start, timeout, &mut phases)?;
+    let mut provisioning_ms = provisioning(&daemon, &agents, feed_start, timeout, &mut phases)?;
     eprintln!(
         "carapace fidelity: {} agents provisioned (ms: {provisioning_ms:?})",
         agents.len()
@@ -175,7 +174,57 @@ pub fn run(spec: &Spec, data: &Path) -> anyhow::Result<RealRun> {
     for client in &clients {
         client.stop();
     }
-    let feed = feed_of(&daemon, feed_start, &agents, origin)?;
+    let mut names: Vec<String> = agents.iter().map(|(name, ..)| name.clone()).collect();
+    let mut recreates = Vec::new();
+    for k in 0..spec.recreates {
+        let index = k as usize % agents.len();
+        std::thread::sleep(Duration::from_millis(spec.settle.0.0));
+        let incarnation = 2 + k / spec.agents;
+        let name = spec.incarnation_name(index as u32, incarnation);
+        let at = daemon.feed_tail().and_then(|after| {
+            let (id, at) = recreate(&daemon, &mut created, &spec.agent, &agents[index].0, &name)?;
+            // The new agent's phases on their own: its instances count from the start again.
+            let mut fresh = [Phases::default()];
+            let ms = provisioning(
+                &daemon,
+                &[(name.clone(), id, at)],
+                after,
+                timeout,
+                &mut fresh,
+            )?;
+            phases.extend(fresh);
+            Ok((at, ms[0]))
+        });
+        names.push(name.clone());
+        let (at_ms, outcome) = match at {
+            Ok((at, ms)) => {
+                provisioning_ms.push(ms);
+                (at.saturating_since(origin).0, Ok(ms))
+            }
+            Err(error) => (0, Err(format!("{error:#}"))),
+        };
+        eprintln!(
+            "carapace fidelity: recreate {}: {name}: {}",
+            k + 1,
+            match &outcome {
+                Ok(ms) => format!("provisioned in {ms} ms"),
+                Err(error) => error.clone(),
+            }
+        );
+        let failed = outcome.is_err();
+        recreates.push(RealRecreate {
+            agent: index as u32,
+            at_ms,
+            outcome,
+        });
+        if failed {
+            // What state the agent was left in is unknown: the rest would measure it, not
+            // provisioning.
+            break;
+        }
+        agents[index].0 = name;
+    }
+    let feed = feed_of(&daemon, feed_start, &names, origin)?;
     let mut samples: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for phases in phases {
         for (phase, ms) in phases.samples {
@@ -185,21 +234,65 @@ pub fn run(spec: &Spec, data: &Path) -> anyhow::Result<RealRun> {
     Ok(RealRun {
         provisioning_ms,
         rounds,
+        recreates,
         phases: samples,
         node_memory,
         feed,
     })
 }
 
-/// The feed after `after` about `agents`, each entry given its time since `origin`.
+/// Removes the agent `old` and creates `new` from `template`: the new agent's id and the
+/// daemon's time of its create. `created` names the agents to remove at the end.
+fn recreate(
+    daemon: &Daemon,
+    created: &mut Created<'_>,
+    template: &AgentRequest,
+    old: &str,
+    new: &str,
+) -> anyhow::Result<(AgentId, Millis)> {
+    let (status, view) = daemon.send("DELETE", &format!("/v1/agents/{old}"), None)?;
+    if status != 200 {
+        anyhow::bail!(
+            "removing {old} answered {status}: {}",
+            view["error"].as_str().unwrap_or("")
+        );
+    }
+    created.names.retain(|name| name != old);
+    create(daemon, created, template, new)
+}
+
+/// Creates `name` from `template`: its id and the daemon's time of the create.
+fn create(
+    daemon: &Daemon,
+    created: &mut Created<'_>,
+    template: &AgentRequest,
+    name: &str,
+) -> anyhow::Result<(AgentId, Millis)> {
+    let mut body = template.clone();
+    body.name = name.to_owned();
+    let (status, view) = daemon.send("POST", "/v1/agents", Some(&serde_json::to_value(&body)?))?;
+    if status != 201 {
+        anyhow::bail!(
+            "creating {name} answered {status}: {}",
+            view["error"].as_str().unwrap_or("")
+        );
+    }
+    created.names.push(name.to_owned());
+    let id = view["id"]
+        .as_u64()
+        .and_then(|id| u32::try_from(id).ok())
+        .ok_or_else(|| anyhow::anyhow!("the created view has no id: {view}"))?;
+    Ok((AgentId(id), Millis(view["now_ms"].as_u64().unwrap_or(0))))
+}
+
+/// The feed after `after` about the agents `names`, each entry given its time since `origin`.
 fn feed_of(
     daemon: &Daemon,
     after: u64,
-    agents: &[(String, AgentId, Millis)],
+    names: &[String],
     origin: Millis,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
-    let names: std::collections::BTreeSet<&str> =
-        agents.iter().map(|(name, ..)| name.as_str()).collect();
+    let names: std::collections::BTreeSet<&str> = names.iter().map(String::as_str).collect();
     let mut entries = Vec::new();
     let mut feed = daemon.events(after)?;
     let serde_json::Value::Array(events) = feed["events"].take() else {

@@ -114,6 +114,18 @@ pub fn scenario(
                 0
             },
         })
+        .chain(
+            real.recreates
+                .iter()
+                .filter(|recreate| recreate.outcome.is_ok())
+                .map(|recreate| TraceEvent {
+                    at_ms: recreate.at_ms,
+                    target: recreate.agent,
+                    kind: TraceEventKind::Recreate,
+                    value: 0,
+                    duration_ms: 0,
+                }),
+        )
         .collect();
     let last = events.iter().map(|e| e.at_ms).max().unwrap_or(0);
     let scenario = Scenario {

@@ -27,6 +27,12 @@ pub struct Spec {
     /// The fault schedule, in order; round k goes to agent k mod N.
     #[serde(rename = "fault")]
     pub faults: Vec<FaultRounds>,
+    /// After the schedule, this many times: remove an agent (recreate k: agent k mod N) and
+    /// create it again under a new name (`NAME-3.2`, ...), timed like the first creates, one
+    /// at a time. Provisioning then has as many samples as a fault class without as many
+    /// agents at once.
+    #[serde(default)]
+    pub recreates: u32,
     /// Healthy time before each injection (lets the known-good dwell pass), plus a jitter of
     /// up to as much again (see `real::settle_of`).
     #[serde(default = "defaults::settle")]
@@ -166,6 +172,21 @@ impl Spec {
                 format!("each at least 1, {MAX_ROUNDS} rounds in all"),
             );
         }
+        if spec.recreates > MAX_ROUNDS - rounds {
+            return field(
+                "recreates",
+                format!("at most {MAX_ROUNDS} rounds and recreates in all"),
+            );
+        }
+        // The names the run will give must be names the daemon takes.
+        let mut longest = spec.agent.clone();
+        longest.name = match spec.recreates {
+            0 => spec.agent_name(spec.agents - 1),
+            n => spec.incarnation_name(spec.agents - 1, 1 + n.div_ceil(spec.agents)),
+        };
+        if let Err(problem) = longest.check() {
+            return field("agent.name", format!("as `{}`: {problem}", longest.name));
+        }
         for (i, rounds) in spec.faults.iter().enumerate() {
             if let Some(problem) = without_a_model(rounds.kind) {
                 return field(&format!("fault[{i}].kind"), problem.into());
@@ -199,6 +220,11 @@ impl Spec {
 
     pub fn agent_name(&self, index: u32) -> String {
         format!("{}-{}", self.agent.name, index + 1)
+    }
+
+    /// The name of agent `index`'s `incarnation`-th create (2 for its first recreate).
+    pub fn incarnation_name(&self, index: u32, incarnation: u32) -> String {
+        format!("{}.{incarnation}", self.agent_name(index))
     }
 }
 
@@ -286,5 +312,26 @@ mod tests {
         assert!(daemon.contains("field `fault[0].kind`"), "{daemon}");
         let stray = parse(&format!("agents = 1\nagnets = 2\n{AGENT}")).unwrap_err();
         assert!(stray.contains("agnets"), "{stray}");
+    }
+
+    #[test]
+    fn recreates_share_the_bound_of_the_rounds_and_take_names_the_daemon_accepts() {
+        let with = |recreates: u32, name: &str| {
+            parse(&format!(
+                "agents = 4\nrecreates = {recreates}\n{}[[fault]]\nkind = \"kill\"\nrepeat = 10\n",
+                AGENT.replace("\"fid\"", &format!("\"{name}\""))
+            ))
+        };
+        let spec = with(MAX_ROUNDS - 10, "fid").expect("rounds and recreates within the bound");
+        assert_eq!(spec.recreates, MAX_ROUNDS - 10);
+        assert_eq!(spec.incarnation_name(2, 2), "fid-3.2");
+        let over = with(MAX_ROUNDS - 9, "fid").unwrap_err();
+        assert!(over.contains("field `recreates`"), "{over}");
+        // A prefix the daemon takes, whose recreated names it would not.
+        let prefix = "a".repeat(125);
+        assert!(with(0, &prefix).is_ok());
+        let long = with(8, &prefix).unwrap_err();
+        assert!(long.contains("field `agent.name`"), "{long}");
+        assert_eq!(with(0, "fid").expect("parses").recreates, 0);
     }
 }
