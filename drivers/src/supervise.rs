@@ -139,6 +139,24 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// When it happened, on the clock of the supervisor that reports it.
+    pub fn at_ms(&self) -> u64 {
+        match *self {
+            Event::Spawned { at_ms, .. }
+            | Event::Ready { at_ms, .. }
+            | Event::ProbeFailed { at_ms, .. }
+            | Event::Exited { at_ms, .. }
+            | Event::Memory { at_ms, .. }
+            | Event::Escalated { at_ms, .. }
+            | Event::SpawnFailed { at_ms, .. }
+            | Event::ConfigRejected { at_ms, .. }
+            | Event::Snapshotted { at_ms, .. }
+            | Event::Stopped { at_ms, .. } => at_ms,
+        }
+    }
+}
+
 /// How supervision ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {

@@ -316,7 +316,7 @@ fn ks_distance(sorted: &[u64], median: f64, p90: f64) -> f64 {
 #[derive(Debug, Default)]
 pub struct Phases {
     started: BTreeMap<u64, Millis>,
-    spawned: BTreeMap<u64, (Millis, bool)>,
+    spawned: BTreeMap<u64, Spawn>,
     /// The stop decision in flight, and the phase it times.
     stopped: Option<(Millis, &'static str)>,
     /// Instances whose probe failed and that have not been ready since.
@@ -328,6 +328,19 @@ pub struct Phases {
     /// A fault just injected: the observation that reports it, the phase it times, when.
     injected: Option<(&'static str, &'static str, Millis)>,
     pub samples: Vec<(&'static str, u64)>,
+}
+
+/// A process spawned and not yet ready.
+#[derive(Debug)]
+struct Spawn {
+    /// When the daemon heard of it, and when it happened on its pod's clock.
+    heard: Millis,
+    pod_ms: Option<u64>,
+    /// A fresh start (its boot is `boot`), or a restart in place (`boot_after_crash`).
+    fresh: bool,
+    /// The phase that ended with the spawn and when it began, when it is timed at the ready
+    /// (see [`Phases::see`]).
+    lead: Option<(&'static str, Millis)>,
 }
 
 /// A hung instance's stop: it does not act on SIGTERM, so its stop lasts the pod's grace.
@@ -395,20 +408,48 @@ impl Phases {
             }
             (Some("observation"), Some("spawned")) => {
                 let fresh = self.started.remove(&instance);
-                if let Some(start) = fresh {
-                    self.samples
-                        .push(("start_to_spawn", at.saturating_since(start).0));
-                } else if let Some(exited) = self.exited.take() {
-                    self.samples
-                        .push(("restart", at.saturating_since(exited).0));
+                let lead = match fresh {
+                    Some(start) => Some(("start_to_spawn", start)),
+                    None => self.exited.take().map(|exited| ("restart", exited)),
+                };
+                let pod_ms = entry["pod_ms"].as_u64();
+                let spawn = Spawn {
+                    heard: at,
+                    pod_ms,
+                    fresh: fresh.is_some(),
+                    // Without the pod's clock, the spawn is timed as the daemon heard of it.
+                    lead: lead.filter(|_| pod_ms.is_some()),
+                };
+                if pod_ms.is_none()
+                    && let Some((phase, from)) = lead
+                {
+                    self.samples.push((phase, at.saturating_since(from).0));
                 }
-                self.spawned.insert(instance, (at, fresh.is_some()));
+                self.spawned.insert(instance, spawn);
             }
             (Some("observation"), Some("ready")) => {
                 self.hung.remove(&instance);
-                if let Some((spawn, fresh)) = self.spawned.remove(&instance) {
-                    let phase = if fresh { "boot" } else { "boot_after_crash" };
-                    self.samples.push((phase, at.saturating_since(spawn).0));
+                if let Some(spawn) = self.spawned.remove(&instance) {
+                    // The daemon hears of a spawn late, by a few ms and not always as many,
+                    // and of a ready sooner: timed as heard, the start's lead and the boot
+                    // after it share that jitter with opposite signs, and drawn apart by the
+                    // simulator they spread a provisioning wider than it ever is. On the
+                    // pod's clock the boot is exact, and the lead is what is left of the
+                    // start → ready the daemon saw.
+                    let boot = match (spawn.pod_ms, entry["pod_ms"].as_u64()) {
+                        (Some(spawned), Some(ready)) => ready.saturating_sub(spawned),
+                        _ => at.saturating_since(spawn.heard).0,
+                    };
+                    if let Some((phase, from)) = spawn.lead {
+                        let spawned = Millis(at.0.saturating_sub(boot));
+                        self.samples.push((phase, spawned.saturating_since(from).0));
+                    }
+                    let phase = if spawn.fresh {
+                        "boot"
+                    } else {
+                        "boot_after_crash"
+                    };
+                    self.samples.push((phase, boot));
                 }
             }
             _ => {}
@@ -545,6 +586,45 @@ mod tests {
                 ("start_to_spawn", 17),
                 ("config_reject_notice", 21),
                 ("stop", 13),
+            ]
+        );
+    }
+
+    #[test]
+    fn on_the_pods_clock_a_boot_is_exact_and_its_lead_keeps_the_rest_of_what_the_daemon_saw() {
+        let mut phases = Phases::default();
+        let entry = |at: u64, kind: &str, event: &str, instance: u64, pod: Option<u64>| {
+            let mut e = serde_json::json!({"at_ms": at, "kind": kind, "event": event, "instance": instance});
+            if let Some(pod) = pod {
+                e["pod_ms"] = pod.into();
+            }
+            e
+        };
+        for e in [
+            // Spawned 20 ms after the start, heard of 15 ms later; ready 200 ms after the
+            // spawn, heard of 2 ms later.
+            entry(1_000, "decision", "start", 1, None),
+            entry(1_035, "observation", "spawned", 1, Some(20)),
+            entry(1_222, "observation", "ready", 1, Some(220)),
+            // Killed: restarted 3 ms after the exit was heard of, ready 300 ms after its
+            // spawn (the spawn heard of 30 ms late, the ready at once).
+            entry(5_000, "observation", "exited", 1, Some(4_010)),
+            entry(5_033, "observation", "spawned", 1, Some(4_013)),
+            entry(5_303, "observation", "ready", 1, Some(4_313)),
+            // A start that never became ready gives no lead: its spawn's time is not known.
+            entry(9_000, "decision", "start", 2, None),
+            entry(9_040, "observation", "spawned", 2, Some(25)),
+            entry(9_041, "observation", "exited", 2, Some(26)),
+        ] {
+            phases.see(&e);
+        }
+        assert_eq!(
+            phases.samples,
+            vec![
+                ("start_to_spawn", 22),
+                ("boot", 200),
+                ("restart", 3),
+                ("boot_after_crash", 300),
             ]
         );
     }

@@ -327,15 +327,25 @@ impl Daemon {
         event: &'static str,
         what: String,
     ) {
-        self.feed_seq += 1;
-        if self.feed.len() == MAX_EVENTS {
-            self.feed.pop_front();
-        }
+        let entry = self.feed_entry(at, agent, instance, kind, event, what);
+        self.publish(entry);
+    }
+
+    /// A feed entry, its seq still to be given by [`Daemon::publish`].
+    pub(super) fn feed_entry(
+        &self,
+        at: Millis,
+        agent: Option<AgentId>,
+        instance: Option<Instance>,
+        kind: FeedKind,
+        event: &'static str,
+        what: String,
+    ) -> FeedEntry {
         let record = agent.and_then(|a| self.agents.get(&a));
         let tenant = record.map(|r| r.request.tenant);
         let agent = agent.map(|a| record.map_or_else(|| a.to_string(), |r| r.request.name.clone()));
-        let entry = FeedEntry {
-            seq: self.feed_seq,
+        FeedEntry {
+            seq: 0,
             at_ms: at.0,
             agent,
             instance: instance.map(|i| i.0),
@@ -343,7 +353,17 @@ impl Daemon {
             kind,
             event,
             what,
-        };
+            pod_ms: None,
+        }
+    }
+
+    /// Numbers `entry` and puts it on the feed and its live stream.
+    pub(super) fn publish(&mut self, mut entry: FeedEntry) {
+        self.feed_seq += 1;
+        entry.seq = self.feed_seq;
+        if self.feed.len() == MAX_EVENTS {
+            self.feed.pop_front();
+        }
         // No subscriber is no error: streams come and go.
         let _ = self.feed_live.send(entry.clone());
         self.feed.push_back(entry);

@@ -20,6 +20,11 @@ pub struct FeedEntry {
     /// A short machine-readable name: `exited`, `ready`, `start`, `stop`, `alert`, ...
     pub event: &'static str,
     pub what: String,
+    /// A pod's observation on its pod's own clock. `at_ms` is when the daemon heard of it,
+    /// some milliseconds later and not always as many: the span between two observations
+    /// of one pod is exact on this clock (and only between those: each pod has its own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_ms: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -127,6 +127,7 @@ mod tests {
             kind,
             event,
             what: format!("{instance} {event}"),
+            pod_ms: None,
         }
     }
 

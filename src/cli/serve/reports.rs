@@ -79,7 +79,7 @@ impl Daemon {
         self.cursors.insert(agent, cursor);
         let pending = self.pending_starts.get(&(agent, instance)).copied();
         if let Some((name, what)) = observation(&event) {
-            self.push_feed(
+            let mut entry = self.feed_entry(
                 self.clock.now(),
                 Some(agent),
                 Some(instance),
@@ -87,6 +87,8 @@ impl Daemon {
                 name,
                 format!("{instance} {what}"),
             );
+            entry.pod_ms = Some(event.at_ms());
+            self.publish(entry);
         }
         if let Event::Spawned { pid, .. } = event {
             self.agent_pids.insert(agent, (instance, pid));
