@@ -290,6 +290,7 @@ fn check(s: &Scenario) -> Vec<(String, String)> {
         ("exit_notice", &s.latency.exit_notice),
         ("supervisor_loss_notice", &s.latency.supervisor_loss_notice),
         ("restart", &s.latency.restart),
+        ("ready_notice", &s.latency.ready_notice),
     ] {
         if let Err(message) = check_dist(dist) {
             problem(&format!("latency.{name}"), &message);

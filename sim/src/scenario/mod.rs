@@ -303,6 +303,10 @@ pub struct Latency {
     /// exit and the validator's refusal arrive together. As `exit_notice` when not given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config_reject_notice: Option<Dist>,
+    /// A startup probe's tick to the engine hearing the agent is ready: the probe's own
+    /// request and its report. Instant by default.
+    #[serde(skip_serializing_if = "Dist::is_zero")]
+    pub ready_notice: Dist,
 }
 
 fn is_zero(span: &Span) -> bool {
@@ -358,6 +362,7 @@ impl Default for Latency {
             },
             hung_stop_grace: ms(0),
             exit_notice: Dist::ZERO,
+            ready_notice: Dist::ZERO,
             supervisor_loss_notice: Dist::ZERO,
             restart: Dist::ZERO,
             lost_stop: None,

@@ -569,7 +569,8 @@ impl Simulation {
     }
 
     /// A latency that draws nothing when it is constant: the lags added after the others
-    /// (`exit_notice`, `supervisor_loss_notice`, `restart`, `config_reject_notice`) leave
+    /// (`exit_notice`, `supervisor_loss_notice`, `restart`, `config_reject_notice`,
+    /// `ready_notice`) leave
     /// every draw of a scenario without them where it was.
     fn lag(&mut self, agent: AgentId, dist: Dist) -> Millis {
         match dist {

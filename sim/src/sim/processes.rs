@@ -253,7 +253,8 @@ impl Simulation {
         let started = process.started_at;
         let interval = self.scenario.probes.startup_interval.ms();
         let waited = self.now.saturating_since(started).0;
-        let probe_at = started + Millis(waited.div_ceil(interval) * interval);
+        let tick = started + Millis(waited.div_ceil(interval) * interval);
+        let probe_at = tick + self.lag(id, self.scenario.latency.ready_notice);
         self.queue
             .push(probe_at, Event::ProbeOk { agent: id, life });
         if poisoned {

@@ -269,6 +269,24 @@ fn a_changed_config_is_heard_after_its_own_notice_and_a_lost_pod_stops_in_its_ow
 }
 
 #[test]
+fn a_ready_is_heard_its_notice_after_the_probe_tick_that_saw_it() {
+    let events = "time_ms,agent,kind\n1800000,3,crash\n2400000,4,supervisor_loss\n";
+    let instant = incidents_of(parse(SCENARIO), events);
+    let lagged = incidents_of(
+        with_latency("ready_notice = { kind = \"constant\", value = \"7ms\" }"),
+        events,
+    );
+    assert_eq!(detections(&instant), detections(&lagged));
+    // A restart in place and a recreation both end at a ready, each heard 7 ms later.
+    for (before, after) in instant.iter().zip(&lagged) {
+        let (Some(before), Some(after)) = (before.4, after.4) else {
+            panic!("recovered: {instant:?} {lagged:?}");
+        };
+        assert_eq!(after, before + 7, "{instant:?} {lagged:?}");
+    }
+}
+
+#[test]
 fn scenarios_without_notice_lags_do_not_write_them() {
     let text = toml::to_string(&parse(SCENARIO)).expect("a scenario serialises");
     for field in [
@@ -277,6 +295,7 @@ fn scenarios_without_notice_lags_do_not_write_them() {
         "restart =",
         "lost_stop",
         "config_reject_notice",
+        "ready_notice",
     ] {
         assert!(!text.contains(field), "{field} in\n{text}");
     }

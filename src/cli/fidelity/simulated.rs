@@ -88,6 +88,7 @@ pub fn scenario(
             "supervisor_loss_notice" => latency.supervisor_loss_notice = *dist,
             "lost_stop" => latency.lost_stop = Some(*dist),
             "config_reject_notice" => latency.config_reject_notice = Some(*dist),
+            READY_NOTICE => latency.ready_notice = *dist,
             other => unreachable!("calibrate fits no field `{other}`"),
         }
     }
@@ -184,7 +185,27 @@ pub fn run(
     real: &RealRun,
 ) -> anyhow::Result<(SimRun, Scenario, Vec<TraceEvent>)> {
     let mut samples: BTreeMap<String, Vec<u64>> = real.phases.clone();
-    let fitted = fit_phases(&mut samples, 1);
+    let mut fitted = fit_phases(&mut samples, 1);
+    let interval = config.pods.startup_probe_interval.0.0;
+    // Before a missing boot_after_crash borrows the boots: each boot counts once.
+    if let Some(notices) = ready_notices(&samples, interval) {
+        fitted.push(Fitted {
+            field: READY_NOTICE,
+            phase: READY_NOTICE,
+            meaning: "a startup probe's tick to the engine hearing of the ready",
+            samples: notices.len(),
+            fit: Some(crate::cli::calibrate::Fit::of(&notices)),
+        });
+        samples.insert(READY_NOTICE.into(), notices);
+        // What is left of each boot is the tick that saw it.
+        for phase in ["boot", "boot_after_crash"] {
+            if let Some(boots) = samples.get_mut(phase) {
+                for boot in boots.iter_mut() {
+                    *boot -= *boot % interval;
+                }
+            }
+        }
+    }
     // A phase never seen takes its sibling's samples rather than a default measured on
     // another agent.
     if samples.get("boot_after_crash").is_none_or(Vec::is_empty)
@@ -194,7 +215,7 @@ pub fn run(
     }
     // A real boot is timed to the ready observation, which waits for the next startup probe;
     // the simulator adds that wait itself, so the model loses its mean: half an interval.
-    let probe_wait = config.pods.startup_probe_interval.0.0 / 2;
+    let probe_wait = interval / 2;
     let models: Vec<(&'static str, Dist)> = fitted
         .iter()
         .filter_map(|f| {
@@ -251,6 +272,27 @@ pub fn run(
     ))
 }
 
+/// The simulator's `ready_notice`, fitted from the boots.
+const READY_NOTICE: &str = "ready_notice";
+
+/// A real boot is timed to the ready on the pod's clock: the startup probe that saw it fired
+/// a whole number of intervals after the spawn (the supervisor probes on that grid), and its
+/// own request took the rest. The simulator puts the ready at the tick, so the rest is its
+/// `ready_notice`: each boot modulo the interval, sorted. None without boots or interval.
+fn ready_notices(samples: &BTreeMap<String, Vec<u64>>, interval: u64) -> Option<Vec<u64>> {
+    if interval == 0 {
+        return None;
+    }
+    let mut notices: Vec<u64> = ["boot", "boot_after_crash"]
+        .iter()
+        .filter_map(|phase| samples.get(*phase))
+        .flatten()
+        .map(|boot| boot % interval)
+        .collect();
+    notices.sort_unstable();
+    (!notices.is_empty()).then_some(notices)
+}
+
 /// Samples a phase needs before it is fitted; fewer are simulated by their observed range.
 /// Apart from `judge.min_samples`: how many samples a comparison needs to be judged is not how
 /// many a fit needs to be worth more than the range.
@@ -284,4 +326,22 @@ fn model(sorted: &[u64], lag: u64) -> Option<Dist> {
             max: at(high),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ready_notice_is_what_each_boot_spends_past_its_probe_tick() {
+        let samples: BTreeMap<String, Vec<u64>> = [
+            ("boot".to_owned(), vec![203, 205, 302]),
+            ("boot_after_crash".to_owned(), vec![201]),
+            ("stop".to_owned(), vec![12]),
+        ]
+        .into();
+        assert_eq!(ready_notices(&samples, 100), Some(vec![1, 2, 3, 5]));
+        assert_eq!(ready_notices(&samples, 0), None);
+        assert_eq!(ready_notices(&BTreeMap::new(), 100), None);
+    }
 }
