@@ -413,18 +413,21 @@ impl Phases {
                     None => self.exited.take().map(|exited| ("restart", exited)),
                 };
                 let pod_ms = entry["pod_ms"].as_u64();
+                // Without the pod's clock, the spawn is timed as the daemon heard of it, now;
+                // with it, at the ready.
+                let lead = match (lead, pod_ms) {
+                    (Some((phase, from)), None) => {
+                        self.samples.push((phase, at.saturating_since(from).0));
+                        None
+                    }
+                    (lead, _) => lead,
+                };
                 let spawn = Spawn {
                     heard: at,
                     pod_ms,
                     fresh: fresh.is_some(),
-                    // Without the pod's clock, the spawn is timed as the daemon heard of it.
-                    lead: lead.filter(|_| pod_ms.is_some()),
+                    lead,
                 };
-                if pod_ms.is_none()
-                    && let Some((phase, from)) = lead
-                {
-                    self.samples.push((phase, at.saturating_since(from).0));
-                }
                 self.spawned.insert(instance, spawn);
             }
             (Some("observation"), Some("ready")) => {

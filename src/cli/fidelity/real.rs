@@ -101,7 +101,8 @@ pub fn run(spec: &Spec, data: &Path) -> anyhow::Result<RealRun> {
     }
     let origin = agents[0].2;
     let mut phases: Vec<Phases> = agents.iter().map(|_| Phases::default()).collect();
-    let mut provisioning_ms = provisioning(&daemon, &agents, feed_start, timeout, &mut phases)?;
+    let mut seen = feed_start;
+    let mut provisioning_ms = provisioning(&daemon, &agents, &mut seen, timeout, &mut phases)?;
     eprintln!(
         "carapace fidelity: {} agents provisioned (ms: {provisioning_ms:?})",
         agents.len()
@@ -176,25 +177,33 @@ pub fn run(spec: &Spec, data: &Path) -> anyhow::Result<RealRun> {
     }
     let mut names: Vec<String> = agents.iter().map(|(name, ..)| name.clone()).collect();
     let mut recreates = Vec::new();
+    // Each recreate follows the feed from where the one before stopped reading it.
+    let mut cursor = if spec.recreates > 0 {
+        daemon.feed_tail()?
+    } else {
+        0
+    };
     for k in 0..spec.recreates {
         let index = k as usize % agents.len();
         std::thread::sleep(Duration::from_millis(spec.settle.0.0));
         let incarnation = 2 + k / spec.agents;
         let name = spec.incarnation_name(index as u32, incarnation);
-        let at = daemon.feed_tail().and_then(|after| {
-            let (id, at) = recreate(&daemon, &mut created, &spec.agent, &agents[index].0, &name)?;
-            // The new agent's phases on their own: its instances count from the start again.
-            let mut fresh = [Phases::default()];
-            let ms = provisioning(
-                &daemon,
-                &[(name.clone(), id, at)],
-                after,
-                timeout,
-                &mut fresh,
-            )?;
-            phases.extend(fresh);
-            Ok((at, ms[0]))
-        });
+        let at = recreate(&daemon, &mut created, &spec.agent, &agents[index].0, &name).and_then(
+            |(id, at)| {
+                // The new agent's phases on their own: its instances count from the start
+                // again.
+                let mut fresh = [Phases::default()];
+                let ms = provisioning(
+                    &daemon,
+                    &[(name.clone(), id, at)],
+                    &mut cursor,
+                    timeout,
+                    &mut fresh,
+                )?;
+                phases.extend(fresh);
+                Ok((at, ms[0]))
+            },
+        );
         names.push(name.clone());
         let (at_ms, outcome) = match at {
             Ok((at, ms)) => {
@@ -320,21 +329,21 @@ pub fn settle_of(settle: Millis, k: usize) -> Duration {
     Duration::from_millis(settle.0 + jitter)
 }
 
-/// Follows the feed from `after` until every agent was ready once; create → first ready.
+/// Follows the feed from `seen` until every agent was ready once; create → first ready.
+/// `seen` is left at the last entry read.
 fn provisioning(
     daemon: &Daemon,
     agents: &[(String, AgentId, Millis)],
-    after: u64,
+    seen: &mut u64,
     within: Duration,
     phases: &mut [Phases],
 ) -> anyhow::Result<Vec<u64>> {
     let mut ready: Vec<Option<u64>> = vec![None; agents.len()];
-    let mut seen = after;
     let deadline = Instant::now() + within;
     while ready.iter().any(Option::is_none) {
-        let feed = daemon.events(seen)?;
+        let feed = daemon.events(*seen)?;
         for event in feed["events"].as_array().into_iter().flatten() {
-            seen = event["seq"].as_u64().unwrap_or(seen);
+            *seen = event["seq"].as_u64().unwrap_or(*seen);
             let Some(index) = agents.iter().position(|(name, ..)| event["agent"] == *name) else {
                 continue;
             };
