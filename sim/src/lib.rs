@@ -18,7 +18,7 @@ pub mod trace;
 mod world;
 
 pub use class_name::ClassName;
-pub use measures::{Bucket, Fault, IncidentRecord, Measures};
+pub use measures::{Bucket, Fault, IncidentLog, IncidentRecord, Measures};
 pub use queue::EventQueue;
 pub use rng::{Component, Streams};
 pub use sim::{EVENT_KINDS, RunStats, Simulation};

@@ -5,8 +5,11 @@
 //! - provisioning: create accepted → first healthy probe;
 //! - unnoticed: no client request hit the outage for longer than the client's timeout.
 
+mod incident_log;
+
+pub use incident_log::IncidentLog;
+
 use crate::class_name::ClassName;
-use carapace_engine::growth::GrowGently;
 use carapace_engine::{AgentId, Millis, Rung};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -110,13 +113,12 @@ pub struct Measures {
     /// time in a fleet of thousands, so maps rather than slots for every agent id ever used.
     open: BTreeMap<AgentId, Open>,
     provisioning_started: BTreeMap<AgentId, Millis>,
-    class_names: Vec<ClassName>,
     /// `u32` counts: no bucket of a run sees four billion samples, and each histogram spans
     /// tens of thousands of buckets.
     pub detection: Histogram<u32>,
     pub recovery: Histogram<u32>,
     pub provisioning: Histogram<u32>,
-    pub incidents: Vec<IncidentRecord>,
+    pub incidents: IncidentLog,
     pub ladder: [u64; 4],
     pub noticed: u64,
     pub unnoticed: u64,
@@ -142,11 +144,10 @@ impl Measures {
             warmup,
             open: BTreeMap::new(),
             provisioning_started: BTreeMap::new(),
-            class_names: Vec::new(),
             detection: histogram(),
             recovery: histogram(),
             provisioning: histogram(),
-            incidents: Vec::new(),
+            incidents: IncidentLog::default(),
             ladder: [0; 4],
             noticed: 0,
             unnoticed: 0,
@@ -253,8 +254,7 @@ impl Measures {
             self.unnoticed += 1;
         }
         self.ladder[usize::from(rung.clamp(1, 4)) - 1] += 1;
-        let class = self.class_name(class);
-        self.incidents.grow_gently();
+        let class = self.incidents.class_name(class);
         self.incidents.push(IncidentRecord {
             agent: agent.0,
             class,
@@ -285,16 +285,6 @@ impl Measures {
             .iter()
             .filter(|(_, o)| o.counted)
             .map(|(&agent, o)| (agent, o.fault, o.start))
-    }
-
-    /// The shared name of `class`: classes are few, so a scan of those seen so far.
-    fn class_name(&mut self, class: &str) -> ClassName {
-        if let Some(name) = self.class_names.iter().find(|n| n.as_str() == class) {
-            return name.clone();
-        }
-        let name = ClassName::new(class);
-        self.class_names.push(name.clone());
-        name
     }
 
     pub fn node_utilisation(&mut self, utilisation: f64) {

@@ -4,7 +4,7 @@
 
 pub mod svg;
 
-use crate::measures::{Bucket, Fault, IncidentRecord, round4};
+use crate::measures::{Bucket, Fault, IncidentLog, round4};
 use crate::sim::Simulation;
 use crate::world::naive_agents_per_node;
 use hdrhistogram::Histogram;
@@ -103,7 +103,7 @@ impl Summary {
 #[derive(Clone, Debug)]
 pub struct Report {
     pub summary: Summary,
-    pub incidents: Vec<IncidentRecord>,
+    pub incidents: IncidentLog,
     pub buckets: Vec<Bucket>,
     pub post_mortems: Vec<carapace_engine::PostMortem>,
     recovery_cdf: Vec<(f64, f64)>,
@@ -260,8 +260,8 @@ impl Report {
 
     fn incidents_csv(&self) -> std::io::Result<Vec<u8>> {
         let mut writer = csv::Writer::from_writer(Vec::new());
-        for incident in &self.incidents {
-            writer.serialize(incident).map_err(std::io::Error::other)?;
+        for incident in self.incidents.iter() {
+            writer.serialize(&incident).map_err(std::io::Error::other)?;
         }
         if self.incidents.is_empty() {
             writer

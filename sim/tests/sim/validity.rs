@@ -113,7 +113,7 @@ fn node_loss_run(node_faults: &str, extra: &str) -> Vec<carapace_sim::IncidentRe
     assert_eq!(report.summary.invariant_violation, None);
     report
         .incidents
-        .into_iter()
+        .iter()
         .filter(|i| i.fault == Fault::NodeFailure)
         .collect()
 }

@@ -15,7 +15,7 @@ pub mod round;
 use super::{EXIT_BAD_INPUT, EXIT_FAILED};
 use carapace_engine::{AgentId, Millis};
 use carapace_sim::report::Percentiles;
-use carapace_sim::{Fault, IncidentRecord, Measures};
+use carapace_sim::{Fault, IncidentLog, Measures};
 use daemon::{Client, Daemon};
 use round::{Ending, Plan};
 use serde_json::{Value, json};
@@ -234,10 +234,10 @@ fn summary_table(summary: &Value) -> String {
     )
 }
 
-fn write_report(out: &Path, incidents: &[IncidentRecord], summary: &Value) -> anyhow::Result<()> {
+fn write_report(out: &Path, incidents: &IncidentLog, summary: &Value) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
     let mut csv = csv::Writer::from_path(out.join("incidents.csv"))?;
-    for incident in incidents {
+    for incident in incidents.iter() {
         csv.serialize(incident)?;
     }
     csv.flush()?;

@@ -146,10 +146,10 @@ pub fn run(spec: &Spec, data: &Path) -> anyhow::Result<RealRun> {
                 let resolved = Resolved {
                     rung: match outcome.ending {
                         Ending::Absorbed => 0,
-                        _ => incident.map_or(0, |i| i.rung),
+                        _ => incident.as_ref().map_or(0, |i| i.rung),
                     },
-                    detection_ms: incident.and_then(|i| i.detection_ms),
-                    recovery_ms: incident.and_then(|i| i.recovery_ms),
+                    detection_ms: incident.as_ref().and_then(|i| i.detection_ms),
+                    recovery_ms: incident.as_ref().and_then(|i| i.recovery_ms),
                 };
                 (outcome.injected_at.saturating_since(origin).0, Ok(resolved))
             }
