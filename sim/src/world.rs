@@ -5,8 +5,10 @@ use crate::scenario::{AgentClass, Scenario};
 use carapace_engine::growth::GrowGently;
 use carapace_engine::{AgentId, Instance, Millis, NodeId, Supervisor, SupervisorPolicy, Version};
 
+mod agents;
 mod steady;
 
+pub use agents::AgentTable;
 use steady::SteadySum;
 
 #[derive(Debug)]
@@ -351,6 +353,25 @@ pub struct SimAgent {
 }
 
 impl SimAgent {
+    /// What an agent never created, or retired, reads as: not desired, no pod, no process.
+    pub const ABSENT: SimAgent = SimAgent {
+        class: 0,
+        desired: false,
+        baseline_bytes: 0,
+        poisoned: false,
+        config_broken: false,
+        supervisor_lost: false,
+        spike_from: Millis::ZERO,
+        spike_until: Millis::ZERO,
+        spike_bytes: 0,
+        pod: None,
+        process: None,
+        lives: 0,
+        last_fed_bytes: 0,
+        last_fed_at: Millis::ZERO,
+        trace: None,
+    };
+
     pub fn serving(&self) -> bool {
         self.process
             .is_some_and(|p| p.state == ProcessState::Serving)

@@ -304,7 +304,7 @@ fn liveness(sim: &Simulation, checks: &Checks) -> Option<Failure> {
         let view = controller.agent(id).expect("listed ids exist");
         let problem = match view.status {
             AgentStatus::Parked => continue,
-            AgentStatus::Running if sim.agents[id.index()].process.is_none() => {
+            AgentStatus::Running if sim.agents[id].process.is_none() => {
                 "is running as far as the engine knows, but no process of it exists".to_owned()
             }
             AgentStatus::Running => continue,

@@ -16,6 +16,7 @@ impl Simulation {
     }
 
     pub(super) fn churn(&mut self) {
+        self.retire_departed();
         self.schedule_churn();
         let draw = self.churn_counter.next(Component::Churn);
         let pick = self.streams.u64(Component::Churn, 1, draw);
@@ -35,7 +36,7 @@ impl Simulation {
             }
             point -= u64::from(c.agents);
         }
-        let id = AgentId(self.agents.len() as u32);
+        let id = self.agents.next_id();
         let tenant = (pick >> 32) as u32 % self.scenario.fleet.tenants;
         self.create_agent(id, class, tenant);
         // Remove one old agent, so the fleet keeps its size.
@@ -43,8 +44,7 @@ impl Simulation {
         let start = self.streams.u64(Component::Churn, 2, victim_draw) % u64::from(id.0).max(1);
         for offset in 0..64u64 {
             let candidate = AgentId(((start + offset) % u64::from(id.0).max(1)) as u32);
-            if self.agents[candidate.index()].desired && self.controller.agent(candidate).is_some()
-            {
+            if self.agents[candidate].desired && self.controller.agent(candidate).is_some() {
                 self.remove_agent(candidate);
                 break;
             }
@@ -67,27 +67,41 @@ impl Simulation {
         let Some(view) = self.controller.agent(old) else {
             return;
         };
-        let Some(class) = self
-            .agents
-            .get(old.index())
-            .filter(|a| a.desired)
-            .map(|a| a.class)
-        else {
+        let Some(class) = self.agents.get(old).filter(|a| a.desired).map(|a| a.class) else {
             return;
         };
         self.remove_agent(old);
-        let id = AgentId(self.agents.len() as u32);
+        let id = self.agents.next_id();
         self.create_agent(id, class, view.tenant.0);
         self.recreated.insert(target, id);
     }
 
     pub(super) fn remove_agent(&mut self, id: AgentId) {
+        self.leaving.push(id);
         self.feed(Input::RemoveAgent { agent: id });
         if self.controller.agent(id).is_none() {
             // Removed at once (it held no node).
-            self.agents[id.index()].desired = false;
+            self.agents[id].desired = false;
             self.measures.forget(id);
         }
+    }
+
+    /// Frees the slots of removed agents the engine has forgotten and whose pod and process
+    /// are gone; the others wait for a later churn.
+    fn retire_departed(&mut self) {
+        let mut leaving = std::mem::take(&mut self.leaving);
+        leaving.retain(|&id| {
+            let agent = &self.agents[id];
+            let at_rest = !agent.desired
+                && agent.pod.is_none()
+                && agent.process.is_none()
+                && self.controller.agent(id).is_none();
+            if at_rest && self.agents.get(id).is_some() {
+                self.agents.retire(id);
+            }
+            !at_rest
+        });
+        self.leaving = leaving;
     }
 
     pub(super) fn start_rollout(&mut self, index: u32) {
@@ -105,10 +119,11 @@ impl Simulation {
         if plan.broken {
             self.broken_versions.insert(version);
         }
-        let agents: Vec<AgentId> = (0..self.agents.len() as u32)
-            .map(AgentId)
+        let agents: Vec<AgentId> = self
+            .agents
+            .ids()
             .filter(|id| {
-                let a = &self.agents[id.index()];
+                let a = &self.agents[*id];
                 a.desired && usize::from(a.class) == class && self.controller.agent(*id).is_some()
             })
             .collect();

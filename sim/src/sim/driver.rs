@@ -54,7 +54,7 @@ impl Simulation {
                 snapshot,
                 reason,
             } => {
-                let a = &self.agents[agent.index()];
+                let a = &self.agents[agent];
                 let hung = a.process.is_some_and(|p| p.state == ProcessState::Hung);
                 let lost = a.supervisor_lost && a.pod.is_some_and(|p| p.instance == instance);
                 let stop = match self.scenario.latency.lost_stop {
@@ -87,7 +87,7 @@ impl Simulation {
                 snapshot,
                 ..
             } => {
-                let life = self.agents[agent.index()].process.map(|p| p.life);
+                let life = self.agents[agent].process.map(|p| p.life);
                 self.orders.insert(
                     id,
                     Order::Snapshot {
@@ -107,7 +107,7 @@ impl Simulation {
                 memory_bytes_high,
                 ..
             } => {
-                let a = &mut self.agents[agent.index()];
+                let a = &mut self.agents[agent];
                 if a.pod.is_some_and(|p| p.instance == instance)
                     && let Some(process) = a.process.as_mut()
                 {
@@ -121,7 +121,7 @@ impl Simulation {
                 if self.stats.post_mortems.len() < MAX_POST_MORTEMS {
                     self.stats.post_mortems.push((*post_mortem).clone());
                 }
-                let class = self.classes[usize::from(self.agents[post_mortem.agent.index()].class)]
+                let class = self.classes[usize::from(self.agents[post_mortem.agent].class)]
                     .name
                     .clone();
                 self.measures.alerted(post_mortem.agent, &class, self.now);
@@ -154,7 +154,7 @@ impl Simulation {
             return;
         };
         self.pending_starts.remove(&(id, instance));
-        if !self.nodes[node.index()].up || !self.agents[id.index()].desired {
+        if !self.nodes[node.index()].up || !self.agents[id].desired {
             self.finish(command, Outcome::Failed);
             return;
         }
@@ -162,7 +162,7 @@ impl Simulation {
         if !sim_node.versions.contains(&version) {
             sim_node.versions.push(version);
         }
-        let agent = &mut self.agents[id.index()];
+        let agent = &mut self.agents[id];
         if let Some(old) = agent.pod {
             if self.nodes[old.node.index()].up {
                 self.stats
@@ -175,7 +175,7 @@ impl Simulation {
                 self.nodes[old.node.index()].mark_stale(id, self.now);
             }
         }
-        let agent = &mut self.agents[id.index()];
+        let agent = &mut self.agents[id];
         agent.pod = Some(Pod { node, instance });
         agent.supervisor_lost = false;
         agent.poisoned = snapshot.is_some_and(|s| self.poisoned_snapshots.contains(&(id, s)));
@@ -271,7 +271,7 @@ impl Simulation {
             self.orders.remove(&start);
             self.finish(start, Outcome::Failed);
         }
-        let agent = &self.agents[id.index()];
+        let agent = &self.agents[id];
         if agent.pod == Some(Pod { node, instance }) {
             if agent.serving() {
                 match reason {
@@ -283,16 +283,16 @@ impl Simulation {
                 }
             }
             if let Some(snapshot) = snapshot
-                && self.agents[id.index()].poisoned
+                && self.agents[id].poisoned
             {
                 self.poisoned_snapshots.insert((id, snapshot));
             }
             self.kill_process(id);
-            self.agents[id.index()].pod = None;
+            self.agents[id].pod = None;
             self.nodes[node.index()].remove_pod(id);
         }
         if reason == StopReason::Remove {
-            self.agents[id.index()].desired = false;
+            self.agents[id].desired = false;
             self.measures.forget(id);
         }
         self.finish(command, Outcome::Succeeded);
@@ -309,7 +309,7 @@ impl Simulation {
         else {
             return;
         };
-        let agent = &self.agents[id.index()];
+        let agent = &self.agents[id];
         let ok = self.nodes[node.index()].up
             && agent.pod == Some(Pod { node, instance })
             && life.is_some()

@@ -5,7 +5,7 @@ use super::*;
 
 impl Simulation {
     pub(super) fn schedule_fault(&mut self, agent: AgentId, kind: FaultKind) {
-        let class = &self.scenario.fleet.classes[usize::from(self.agents[agent.index()].class)];
+        let class = &self.scenario.fleet.classes[usize::from(self.agents[agent].class)];
         let (rate, component) = match kind {
             FaultKind::Crash => (class.faults.crashes_per_day, Component::Crash),
             FaultKind::Hang => (class.faults.hangs_per_day, Component::Hang),
@@ -13,9 +13,7 @@ impl Simulation {
                 class.faults.config_corruptions_per_day,
                 Component::ConfigCorruption,
             ),
-            FaultKind::Spike if self.agents[agent.index()].trace.is_some() => {
-                (0.0, Component::Spike)
-            }
+            FaultKind::Spike if self.agents[agent].trace.is_some() => (0.0, Component::Spike),
             FaultKind::Spike => (class.memory.spikes_per_day, Component::Spike),
         };
         let u = self.draw_unit(agent, component);
@@ -49,7 +47,7 @@ impl Simulation {
             };
             arrivals.push((self.now, id, name));
         }
-        if !self.agents[id.index()].desired {
+        if !self.agents[id].desired {
             return;
         }
         self.schedule_fault(id, kind);
@@ -64,7 +62,7 @@ impl Simulation {
         kind: FaultKind,
         spike: Option<(u64, Millis)>,
     ) {
-        let agent = &self.agents[id.index()];
+        let agent = &self.agents[id];
         let Some(process) = agent.process else { return };
         match kind {
             FaultKind::Crash if process.state != ProcessState::Hung => {
@@ -72,7 +70,7 @@ impl Simulation {
                     .faults
                     .crash_poisons_state;
                 if self.draw_unit(id, Component::Poison) < poison {
-                    self.agents[id.index()].poisoned = true;
+                    self.agents[id].poisoned = true;
                 }
                 self.measures.fault(id, Fault::Crash, self.now);
                 self.exit_process(id, 1, false);
@@ -94,7 +92,7 @@ impl Simulation {
             FaultKind::ConfigCorruption if process.state == ProcessState::Serving => {
                 // The agent rewrote its own config (truncated) and restarts itself to load it.
                 self.measures.fault(id, Fault::ConfigCorruption, self.now);
-                self.agents[id.index()].config_broken = true;
+                self.agents[id].config_broken = true;
                 self.exit_process(id, 0, false);
             }
             FaultKind::Spike => {
@@ -107,7 +105,7 @@ impl Simulation {
                         ((size as f64 * (0.5 + u)) as u64, duration)
                     }
                 };
-                let agent = &mut self.agents[id.index()];
+                let agent = &mut self.agents[id];
                 agent.spike_bytes = bytes;
                 agent.spike_from = self.now;
                 agent.spike_until = self.now + duration;
@@ -126,7 +124,7 @@ impl Simulation {
         sim_node.failures += 1;
         sim_node.warm = 0;
         for id in sim_node.pods().to_vec() {
-            if self.agents[id.index()].process.is_some() {
+            if self.agents[id].process.is_some() {
                 self.measures.fault(id, Fault::NodeFailure, self.now);
                 self.kill_process(id);
             }
@@ -165,7 +163,7 @@ impl Simulation {
         let pods = self.nodes[node.index()].clear_pods();
         for &id in &pods {
             self.measures.observed(id, self.now);
-            let agent = &mut self.agents[id.index()];
+            let agent = &mut self.agents[id];
             if agent.pod.is_some_and(|p| p.node == node) {
                 agent.pod = None;
             }
@@ -214,7 +212,7 @@ impl Simulation {
             TraceEventKind::Spike => Some(FaultKind::Spike),
         };
         let id = self.trace_agent(event.target);
-        if !self.agents.get(id.index()).is_some_and(|a| a.desired) {
+        if !self.agents.get(id).is_some_and(|a| a.desired) {
             return;
         }
         match kind {

@@ -101,13 +101,13 @@ impl Simulation {
             self.measures.node_oom_events += 1;
             let spiking = usage
                 .iter()
-                .any(|(id, _)| self.agents[id.index()].spike_until > now);
+                .any(|(id, _)| self.agents[*id].spike_until > now);
             // The kernel's choice: the largest resident set (oom_score follows RSS).
             usage.sort_by_key(|&(id, m)| (std::cmp::Reverse(m), id));
             while total > capacity && !usage.is_empty() {
                 let (victim, memory) = usage.remove(0);
                 total -= memory;
-                if spiking && self.agents[victim.index()].spike_until <= now {
+                if spiking && self.agents[victim].spike_until <= now {
                     self.measures.collateral_kills += 1;
                 }
                 self.measures.fault(victim, Fault::NodeOomVictim, now);
@@ -125,7 +125,7 @@ impl Simulation {
         let deadband = self.scenario.probes.memory_deadband;
         for &index in &forward {
             let (id, memory) = usage[index as usize];
-            let agent = &self.agents[id.index()];
+            let agent = &self.agents[id];
             let (Some(pod), true) = (agent.pod, agent.process.is_some()) else {
                 continue;
             };
@@ -134,7 +134,7 @@ impl Simulation {
             if last != 0 && quiet && (memory.abs_diff(last) as f64) < deadband * last as f64 {
                 continue;
             }
-            let agent = &mut self.agents[id.index()];
+            let agent = &mut self.agents[id];
             agent.last_fed_bytes = memory;
             agent.last_fed_at = now;
             self.sync_hot(id);
@@ -165,7 +165,7 @@ impl Simulation {
 
     /// Rewrites the hot copy of `id` on the node its pod is on, after a field it copies changed.
     pub(super) fn sync_hot(&mut self, id: AgentId) {
-        let agent = &self.agents[id.index()];
+        let agent = &self.agents[id];
         let Some(pod) = agent.pod else {
             return;
         };
@@ -174,7 +174,7 @@ impl Simulation {
     }
 
     pub(super) fn memory_of(&self, id: AgentId) -> Option<u64> {
-        let agent = &self.agents[id.index()];
+        let agent = &self.agents[id];
         let process = agent.process.as_ref()?;
         let class = &self.classes[usize::from(agent.class)];
         Some(match agent.trace {

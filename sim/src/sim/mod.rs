@@ -18,9 +18,8 @@ use crate::rng::{Component, Counters, Streams};
 use crate::scenario::{Dist, Scenario};
 use crate::trace::{MemorySeries, Replays, TraceEvent, TraceEventKind};
 use crate::world::{
-    ClassModel, Pod, PodHot, Process, ProcessState, SimAgent, SimNode, modelled_memory,
+    AgentTable, ClassModel, Pod, PodHot, Process, ProcessState, SimAgent, SimNode, modelled_memory,
 };
-use carapace_engine::growth::GrowGently;
 use carapace_engine::{
     AgentId, AgentSpec, Command, CommandId, Controller, EngineError, Input, Instance, Millis,
     NodeId, NodeSpec, Outcome, Priority, RegionId, RolloutId, RolloutSpec, SnapshotId, StartReason,
@@ -202,7 +201,7 @@ pub struct Simulation {
     pub(crate) scenario: Scenario,
     pub(crate) controller: Controller,
     pub(crate) nodes: Vec<SimNode>,
-    pub(crate) agents: Vec<SimAgent>,
+    pub(crate) agents: AgentTable,
     pub(crate) classes: Vec<ClassModel>,
     pub(crate) measures: Measures,
     pub(crate) stats: RunStats,
@@ -227,9 +226,9 @@ pub struct Simulation {
     /// The agent each trace target a replayed `recreate` replaced now names (targets not in
     /// it name the agent of their own index).
     recreated: BTreeMap<u32, AgentId>,
-    /// Draw counters per agent, beside `agents` rather than in it: the node tick reads every
-    /// agent and never these.
-    draws: Vec<Counters>,
+    /// Removed agents not yet retired from `agents`: retired once the engine has forgotten
+    /// them and their pod and process are gone.
+    leaving: Vec<AgentId>,
     /// The node tick's scratch buffers, kept so that a tick allocates nothing.
     tick_usage: Vec<(AgentId, u64)>,
     tick_killed: Vec<(AgentId, bool)>,
@@ -305,7 +304,7 @@ impl Simulation {
             scenario,
             controller,
             nodes,
-            agents: Vec::new(),
+            agents: AgentTable::default(),
             classes,
             stats: RunStats::default(),
             queue: EventQueue::default(),
@@ -321,7 +320,7 @@ impl Simulation {
             series: loaded,
             replayed: events,
             recreated: BTreeMap::new(),
-            draws: Vec::new(),
+            leaving: Vec::new(),
             tick_usage: Vec::new(),
             tick_killed: Vec::new(),
             tick_forward: Vec::new(),
@@ -475,8 +474,9 @@ impl Simulation {
         let churn_hours = self.end.saturating_since(self.scenario.warmup.0).0 as f64 / 3_600_000.0;
         let churn = (self.scenario.churn.creates_per_hour * churn_hours * 1.05).ceil();
         let expected = self.scenario.agent_count() as f64 + churn.clamp(0.0, 1e9) + 16.0;
-        self.agents.reserve_exact(expected as usize);
-        self.draws.reserve_exact(expected as usize);
+        // Slots for the initial fleet and the removed agents not yet retired (a handful).
+        let slots = self.scenario.agent_count() as usize + 64;
+        self.agents.reserve(expected as usize, slots);
         let mut id = 0u32;
         for (class, spec) in fleet.classes.iter().enumerate() {
             for _ in 0..spec.agents {
@@ -522,17 +522,9 @@ impl Simulation {
             desired: true,
             baseline_bytes: baseline,
             trace,
-            ..placeholder_agent()
+            ..SimAgent::ABSENT
         };
-        if self.agents.len() <= id.index() {
-            // Dense by id, one id at a time: grown by an eighth, not doubled.
-            self.agents.grow_gently();
-            self.draws.grow_gently();
-            self.agents.resize_with(id.index() + 1, placeholder_agent);
-            self.draws.resize(id.index() + 1, Counters::default());
-        }
-        self.agents[id.index()] = agent;
-        self.draws[id.index()] = counters;
+        self.agents.insert(id, agent, counters);
         let class_model = &self.classes[usize::from(class)];
         let spec = AgentSpec {
             id,
@@ -558,7 +550,7 @@ impl Simulation {
     }
 
     fn draw_unit(&mut self, agent: AgentId, component: Component) -> f64 {
-        let draw = self.draws[agent.index()].next(component);
+        let draw = self.agents.draws_mut(agent).next(component);
         self.streams.unit(component, agent.0, draw)
     }
 
@@ -601,10 +593,7 @@ impl Simulation {
             Event::ProbeOk { agent, life } => self.on_probe_ok(agent, life),
             Event::ProbeFail { agent, life } => self.on_probe_fail(agent, life),
             Event::ResumeCrash { agent, life } => {
-                if self.agents[agent.index()]
-                    .process
-                    .is_some_and(|p| p.life == life)
-                {
+                if self.agents[agent].process.is_some_and(|p| p.life == life) {
                     self.measures.fault(agent, Fault::Crash, self.now);
                     self.exit_process(agent, 1, false);
                 }
@@ -642,26 +631,6 @@ impl Simulation {
 }
 
 /// An agent slot with no agent in it (ids are dense; churn may leave gaps while it fills).
-fn placeholder_agent() -> SimAgent {
-    SimAgent {
-        class: 0,
-        desired: false,
-        baseline_bytes: 0,
-        poisoned: false,
-        config_broken: false,
-        supervisor_lost: false,
-        spike_from: Millis::ZERO,
-        spike_until: Millis::ZERO,
-        spike_bytes: 0,
-        pod: None,
-        process: None,
-        lives: 0,
-        last_fed_bytes: 0,
-        last_fed_at: Millis::ZERO,
-        trace: None,
-    }
-}
-
 const fn ms(value: u64) -> crate::scenario::Span {
     crate::scenario::Span(Millis(value))
 }

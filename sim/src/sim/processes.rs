@@ -25,7 +25,7 @@ enum Death {
 
 impl Simulation {
     pub(super) fn set_process_state(&mut self, id: AgentId, state: ProcessState) {
-        let agent = &mut self.agents[id.index()];
+        let agent = &mut self.agents[id];
         let Some(process) = agent.process.as_mut() else {
             return;
         };
@@ -43,7 +43,7 @@ impl Simulation {
     /// controller are told, as a real node agent would tell them.
     pub(super) fn exit_process(&mut self, id: AgentId, code: i32, oom_killed: bool) {
         self.kill_process(id);
-        let Some(pod) = self.agents[id.index()].pod else {
+        let Some(pod) = self.agents[id].pod else {
             return;
         };
         if !self.nodes[pod.node.index()].up {
@@ -56,7 +56,7 @@ impl Simulation {
     /// supervisor state machine; the node driver tells the controller when the supervisor's
     /// socket closes.
     pub(super) fn lose_supervisor(&mut self, id: AgentId) {
-        let agent = &self.agents[id.index()];
+        let agent = &self.agents[id];
         let (Some(_), Some(pod)) = (agent.process, agent.pod) else {
             return;
         };
@@ -65,7 +65,7 @@ impl Simulation {
         }
         self.measures.fault(id, Fault::Crash, self.now);
         self.kill_process(id);
-        self.agents[id.index()].supervisor_lost = true;
+        self.agents[id].supervisor_lost = true;
         self.notice(id, pod, Death::SupervisorLost);
     }
 
@@ -74,7 +74,7 @@ impl Simulation {
         let latency = &self.scenario.latency;
         let lag = match death {
             // Its restart in place validates the changed config first (and refuses it).
-            Death::Exited { .. } if self.agents[id.index()].config_broken => {
+            Death::Exited { .. } if self.agents[id].config_broken => {
                 latency.config_reject_notice.unwrap_or(latency.exit_notice)
             }
             Death::Exited { .. } => latency.exit_notice,
@@ -99,8 +99,7 @@ impl Simulation {
         }
         self.notices.remove(&id);
         // A pod stopped or lost meanwhile was reported gone by its stop or its node.
-        if self.agents[id.index()].pod == Some(notice.pod) && self.nodes[notice.pod.node.index()].up
-        {
+        if self.agents[id].pod == Some(notice.pod) && self.nodes[notice.pod.node.index()].up {
             self.tell_death(id, notice.pod, notice.death);
         }
     }
@@ -144,7 +143,7 @@ impl Simulation {
     /// Removes the process without telling anyone (a stop, a node failure).
     pub(super) fn kill_process(&mut self, id: AgentId) {
         self.set_process_state(id, ProcessState::Booting);
-        let agent = &mut self.agents[id.index()];
+        let agent = &mut self.agents[id];
         agent.process = None;
         // The work that spiked died with the process.
         agent.spike_until = Millis::ZERO;
@@ -154,7 +153,7 @@ impl Simulation {
     /// The pod of process `life` of `id`, if that process still lives in `state` on an up node:
     /// a probe result about any other process is stale.
     pub(super) fn probed_pod(&self, id: AgentId, life: u32, state: ProcessState) -> Option<Pod> {
-        let agent = &self.agents[id.index()];
+        let agent = &self.agents[id];
         let (process, pod) = (agent.process?, agent.pod?);
         let current =
             process.life == life && process.state == state && self.nodes[pod.node.index()].up;
@@ -192,7 +191,7 @@ impl Simulation {
     fn spawn_after(&mut self, id: AgentId, boot: Dist, delay: Millis) {
         let boot = self.latency(id, boot);
         let started_at = self.now + delay;
-        let agent = &mut self.agents[id.index()];
+        let agent = &mut self.agents[id];
         agent.lives += 1;
         agent.last_fed_bytes = 0;
         let life = agent.lives;
@@ -209,7 +208,7 @@ impl Simulation {
     }
 
     pub(super) fn restart_in_place(&mut self, node: NodeId, id: AgentId, instance: Instance) {
-        let agent = &self.agents[id.index()];
+        let agent = &self.agents[id];
         if agent.pod != Some(Pod { node, instance })
             || agent.process.is_some()
             || !self.nodes[node.index()].up
@@ -237,18 +236,15 @@ impl Simulation {
     }
 
     pub(super) fn on_ready(&mut self, id: AgentId, life: u32) {
-        let Some(process) = self.agents[id.index()].process else {
+        let Some(process) = self.agents[id].process else {
             return;
         };
         if process.life != life || process.state != ProcessState::Booting {
             return;
         }
         self.set_process_state(id, ProcessState::Serving);
-        let poisoned = self.agents[id.index()].poisoned;
-        let process = self.agents[id.index()]
-            .process
-            .as_mut()
-            .expect("checked above");
+        let poisoned = self.agents[id].poisoned;
+        let process = self.agents[id].process.as_mut().expect("checked above");
         process.ready_at = self.now;
         let started = process.started_at;
         let interval = self.scenario.probes.startup_interval.ms();
@@ -286,7 +282,7 @@ impl Simulation {
             instance: pod.instance,
         });
         let rung = self.controller.agent(id).and_then(|a| a.rung);
-        let class = usize::from(self.agents[id.index()].class);
+        let class = usize::from(self.agents[id].class);
         let clients = &self.scenario.fleet.classes[class].clients;
         let (rate, timeout) = (clients.requests_per_hour * 24.0, clients.timeout.0);
         let first_request = if self.measures.is_open(id) {
