@@ -97,13 +97,47 @@ pub struct Supervisor {
 struct Child {
     instance: Instance,
     state: ChildState,
-    /// Restart times within the budget's period, oldest first; at most `restart_intensity`.
-    restarts: VecDeque<Millis>,
+    restarts: RestartHistory,
     early_exits: u32,
     probe_failures: u32,
     /// Restarts since the last healthy spell; drives the backoff.
     attempt: u32,
     timer_generation: u32,
+}
+
+/// Restart times within the budget's period, oldest first; at most `restart_intensity`.
+///
+/// Allocated at a child's first restart and freed once its restarts have all left the period:
+/// most children of a fleet never restart, or not for long, and each holds one pointer.
+#[derive(Clone, Debug, Default)]
+#[expect(
+    clippy::box_collection,
+    reason = "one pointer in every child instead of a VecDeque's 32 bytes"
+)]
+struct RestartHistory(Option<Box<VecDeque<Millis>>>);
+
+impl RestartHistory {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |times| times.len())
+    }
+
+    fn forget_before(&mut self, period_start: Millis) {
+        let Some(times) = self.0.as_mut() else {
+            return;
+        };
+        while times.front().is_some_and(|&at| at < period_start) {
+            times.pop_front();
+        }
+        if times.is_empty() {
+            self.0 = None;
+        }
+    }
+
+    fn push(&mut self, now: Millis, intensity: u32) {
+        self.0
+            .get_or_insert_with(|| Box::new(VecDeque::with_capacity(intensity as usize)))
+            .push_back(now);
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -240,7 +274,7 @@ impl Supervisor {
                 healthy_since: None,
             },
             // Allocated at the first restart: most children never restart.
-            restarts: VecDeque::new(),
+            restarts: RestartHistory::default(),
             early_exits: 0,
             probe_failures: 0,
             attempt: 0,
@@ -296,9 +330,7 @@ impl Supervisor {
             child.attempt = 0;
         }
         let period_start = now.saturating_since(Millis(policy.restart_period_ms));
-        while child.restarts.front().is_some_and(|&at| at < period_start) {
-            child.restarts.pop_front();
-        }
+        child.restarts.forget_before(period_start);
         let escalation = if child.attempt > 0 && child.early_exits >= policy.crash_loop_exits {
             Some(EscalationReason::CrashLoop)
         } else if child.restarts.len() >= policy.restart_intensity as usize {
@@ -319,12 +351,7 @@ impl Supervisor {
             child.restarts.len() < policy.restart_intensity as usize,
             "restart budget bounds the restart history"
         );
-        if child.restarts.capacity() == 0 {
-            child
-                .restarts
-                .reserve_exact(policy.restart_intensity as usize);
-        }
-        child.restarts.push_back(now);
+        child.restarts.push(now, policy.restart_intensity);
         child.attempt += 1;
         child.probe_failures = 0;
         let delay = backoff_ms(policy, child.attempt);
