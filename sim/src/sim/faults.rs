@@ -163,8 +163,10 @@ impl Simulation {
         let pods = self.nodes[node.index()].clear_pods();
         for &id in &pods {
             self.measures.observed(id, self.now);
-            let agent = &mut self.agents[id];
-            if agent.pod.is_some_and(|p| p.node == node) {
+            // A down node may still list a pod of an agent removed and retired since.
+            if let Some(agent) = self.agents.get_mut(id)
+                && agent.pod.is_some_and(|p| p.node == node)
+            {
                 agent.pod = None;
             }
         }

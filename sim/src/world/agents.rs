@@ -83,6 +83,10 @@ impl AgentTable {
         self.slot(id).map(|slot| &self.agents[slot])
     }
 
+    pub fn get_mut(&mut self, id: AgentId) -> Option<&mut SimAgent> {
+        self.slot(id).map(|slot| &mut self.agents[slot])
+    }
+
     /// The agent's draw counters.
     ///
     /// # Panics
