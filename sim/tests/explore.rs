@@ -2,7 +2,7 @@
 //! `scripts/test`) a handful of swarm seeds of smoke find two live copies of an agent and
 //! shrink them to a few agents; without it the very same seeds pass, deterministically.
 
-use carapace_engine::Millis;
+use carapace_engine::{AgentStatus, Millis};
 use carapace_sim::Simulation;
 use carapace_sim::explore::{self, Checks, Failure};
 use carapace_sim::scenario::{self, Scenario};
@@ -114,4 +114,86 @@ fn no_fault_arrives_after_faults_stop() {
             .iter()
             .any(|(at, _, _)| *at > Millis(2 * 3_600_000))
     );
+}
+
+#[test]
+fn a_quiet_tail_shorter_than_recovery_fails_liveness() {
+    // Config corruptions until the last millisecond: at the end of some seeds an agent is
+    // still past rung 1 (out of Running as the controller sees it), not having served in the
+    // one-millisecond "tail", and is reported. (A plain crash is restarted in its pod while the
+    // controller still counts it Running; too many faults would get every agent alerted
+    // about, which excuses it.)
+    let mut base = smoke();
+    for class in &mut base.fleet.classes {
+        class.faults.config_corruptions_per_day = 12.0;
+    }
+    let checks = Checks {
+        quiet_tail: Millis(1),
+        ..Checks::for_scenario(&base)
+    };
+    let failures: Vec<Failure> = (0..10)
+        .filter_map(|seed| {
+            let scenario = Scenario {
+                seed,
+                ..base.clone()
+            };
+            explore::check(&scenario, &[], &checks).unwrap().failure
+        })
+        .collect();
+    assert!(
+        !failures.is_empty(),
+        "no seed ends with an agent mid-recovery"
+    );
+    for failure in failures {
+        assert_eq!(failure.kind, explore::FailureKind::Liveness, "{failure}");
+        assert!(failure.message.contains("never alerted"), "{failure}");
+    }
+}
+
+/// A density move the engine starts in the quiet tail (memory keeps growing after the
+/// faults stop) is in flight at the end, not a liveness failure: swarm seed 143 of
+/// trace-replay stops agent-620 for a migration in the run's last millisecond.
+#[test]
+fn a_move_started_in_the_quiet_tail_is_in_flight_not_stuck() {
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/traces/raw");
+    assert!(
+        shared.is_dir(),
+        "{} holds the public trace samples",
+        shared.display()
+    );
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/trace-replay.toml");
+    let base = scenario::load_file(&path).expect("scenarios/trace-replay.toml is valid");
+    let series = carapace_sim::trace::load_all(&base, path.parent().unwrap())
+        .expect("the traces load")
+        .memory;
+    let variant = explore::swarm(&base, 143);
+    let checks = Checks::for_scenario(&variant);
+
+    // The situation itself: at the end some agent is neither running, parked nor alerted,
+    // yet it served in the tail and its deadline is still to come.
+    let mut sim = Simulation::new(variant.clone(), series.clone()).unwrap();
+    sim.stop_faults_at(sim.end().saturating_since(checks.quiet_tail));
+    sim.run(|_| {});
+    let controller = sim.controller();
+    let in_flight: Vec<_> = controller
+        .agent_ids()
+        .filter(|&id| {
+            let view = controller.agent(id).unwrap();
+            !matches!(view.status, AgentStatus::Running | AgentStatus::Parked)
+                && !sim.was_alerted(id)
+        })
+        .collect();
+    assert!(!in_flight.is_empty(), "no agent is in flight at the end");
+    for id in in_flight {
+        let view = controller.agent(id).unwrap();
+        assert!(sim.served_after_faults(id), "{id} never served in the tail");
+        assert!(
+            view.deadline.is_some_and(|d| d > sim.now()),
+            "{id}: {view:?}"
+        );
+    }
+
+    if let Some(failure) = explore::check(&variant, &series, &checks).unwrap().failure {
+        panic!("seed 143: {failure}");
+    }
 }

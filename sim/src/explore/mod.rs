@@ -4,7 +4,8 @@
 //! scaled, node failures on or off, the engine's knobs moved within bounds ([`swarm`]). A run
 //! is judged by safety (the engine's invariants and the world's "never two live copies",
 //! checked continuously), liveness (faults stop a quiet tail before the end; by then every
-//! recoverable agent must run again) and the engine's refusals ([`check`]). A failing run is
+//! recoverable agent must run again, or be in a move the engine began after it served in the
+//! tail) and the engine's refusals ([`check`]). A failing run is
 //! made small while it still fails the same way ([`shrink`]), and a seed run twice must give
 //! the same command stream ([`check_determinism`]).
 //!

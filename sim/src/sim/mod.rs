@@ -247,6 +247,10 @@ pub struct Simulation {
     command_log: Option<CommandLog>,
     /// Agents the engine raised an alert about, at any time of the run.
     alerted: BTreeSet<AgentId>,
+    /// Agents whose process started or stopped serving after `faults_end` (kept only when
+    /// faults stop before the end): they served in the quiet tail, so a stop there is the
+    /// engine's own recent decision, not a recovery that never finished.
+    served_in_tail: BTreeSet<AgentId>,
     /// Deaths the engine has yet to hear of, each due at its `Event::Noticed`; empty unless
     /// the scenario gives a notice lag.
     notices: BTreeMap<AgentId, processes::Notice>,
@@ -331,6 +335,7 @@ impl Simulation {
             faults_end: end,
             command_log: None,
             alerted: BTreeSet::new(),
+            served_in_tail: BTreeSet::new(),
             notices: BTreeMap::new(),
         };
         sim.populate()?;
@@ -392,6 +397,20 @@ impl Simulation {
 
     pub fn stats(&self) -> &RunStats {
         &self.stats
+    }
+
+    /// Whether `agent` served after faults stopped (see [`Simulation::stop_faults_at`]): its
+    /// process serves now, or started or stopped serving since. Always false when faults
+    /// run until the end.
+    pub fn served_after_faults(&self, agent: AgentId) -> bool {
+        if self.faults_end >= self.end {
+            return false;
+        }
+        let serving_now = self.agents[agent]
+            .process
+            .as_ref()
+            .is_some_and(|process| process.state == ProcessState::Serving);
+        serving_now || self.served_in_tail.contains(&agent)
     }
 
     /// Whether the engine ever raised an alert about `agent` (paged a human) in this run.

@@ -35,7 +35,10 @@ impl Simulation {
         match (was_serving, is_serving) {
             (false, true) => self.serving += 1,
             (true, false) => self.serving -= 1,
-            _ => {}
+            _ => return,
+        }
+        if self.now >= self.faults_end && self.faults_end < self.end {
+            self.served_in_tail.insert(id);
         }
     }
 
