@@ -6,6 +6,12 @@
 //! (each element moves about eight times over the collection's life instead of about once;
 //! large blocks are mostly resized in place). Only for collections that grow for the life of
 //! a fleet: small or short-lived ones should double as usual.
+//!
+//! Some of them swell for a while and then empty again (every agent's start deadline is
+//! pending at once while a fleet boots; a run's queue drains towards its end): those also
+//! give memory back once at most three quarters of it is in use
+//! ([`GrowGently::shrink_gently`]), so a transient does not stay in the peak for the rest of
+//! the run.
 
 use std::collections::BinaryHeap;
 
@@ -17,9 +23,21 @@ fn step(len: usize) -> usize {
     if len < SMALL { len.max(4) } else { len / 8 }
 }
 
-/// Makes room for one more element, by an eighth of the length when full.
+/// Whether a collection this full holds enough spare memory to give back.
+fn worth_shrinking(len: usize, capacity: usize) -> bool {
+    capacity > SMALL * 4 && len <= capacity / 4 * 3
+}
+
+/// Growth by an eighth, and shrinking back when half empty.
 pub trait GrowGently {
+    /// Makes room for one more element, by an eighth of the length when full.
     fn grow_gently(&mut self);
+
+    /// Once at most three quarters of the capacity are in use, shrinks it to the length plus
+    /// one step. Between a shrink and the next one the length must fall by a sixth again (or
+    /// grow by an eighth before the next growth), so each reallocation is paid for by that
+    /// many pushes or pops: amortised O(1) per element.
+    fn shrink_gently(&mut self);
 }
 
 impl<T> GrowGently for Vec<T> {
@@ -28,12 +46,24 @@ impl<T> GrowGently for Vec<T> {
             self.reserve_exact(step(self.len()));
         }
     }
+
+    fn shrink_gently(&mut self) {
+        if worth_shrinking(self.len(), self.capacity()) {
+            self.shrink_to(self.len() + step(self.len()));
+        }
+    }
 }
 
 impl<T: Ord> GrowGently for BinaryHeap<T> {
     fn grow_gently(&mut self) {
         if self.len() == self.capacity() {
             self.reserve_exact(step(self.len()));
+        }
+    }
+
+    fn shrink_gently(&mut self) {
+        if worth_shrinking(self.len(), self.capacity()) {
+            self.shrink_to(self.len() + step(self.len()));
         }
     }
 }
@@ -64,6 +94,37 @@ mod tests {
             }
             let drained: Vec<usize> = std::iter::from_fn(|| h.pop().map(|r| r.0)).collect();
             prop_assert_eq!(drained, (0..n).collect::<Vec<_>>());
+        }
+
+        #[test]
+        fn shrinking_gives_back_all_but_a_step_and_keeps_the_contents(
+            n in 0usize..5_000,
+            keep_per_mille in 0usize..1_000,
+        ) {
+            let mut v: Vec<usize> = Vec::new();
+            let mut h = BinaryHeap::new();
+            for i in 0..n {
+                v.grow_gently();
+                v.push(i);
+                h.grow_gently();
+                h.push(std::cmp::Reverse(i));
+            }
+            let keep = n * keep_per_mille / 1_000;
+            let mut drained = Vec::new();
+            while h.len() > keep {
+                v.pop();
+                v.shrink_gently();
+                drained.push(h.pop().unwrap().0);
+                h.shrink_gently();
+                // Never more than a third over what is in use, beyond the small sizes.
+                prop_assert!(v.capacity() <= (v.len() * 4 / 3 + 1).max(64) + 1, "{} for {}", v.capacity(), v.len());
+                prop_assert!(h.capacity() <= (h.len() * 4 / 3 + 1).max(64) + 1, "{} for {}", h.capacity(), h.len());
+                prop_assert!(v.capacity() >= v.len() && h.capacity() >= h.len());
+            }
+            prop_assert_eq!(v, (0..keep).collect::<Vec<_>>());
+            prop_assert_eq!(drained, (0..n - keep).collect::<Vec<_>>());
+            let rest: Vec<usize> = std::iter::from_fn(|| h.pop().map(|r| r.0)).collect();
+            prop_assert_eq!(rest, (n - keep..n).collect::<Vec<_>>());
         }
     }
 }

@@ -39,7 +39,10 @@ impl<K: Ord> Timers<K> {
         if self.next_deadline()? > now {
             return None;
         }
-        self.heap.pop().map(|Reverse((_, _, key))| key)
+        let popped = self.heap.pop().map(|Reverse((_, _, key))| key);
+        // A fleet's boot leaves its start deadlines here at once; give that memory back.
+        self.heap.shrink_gently();
+        popped
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -71,7 +71,12 @@ impl<E> EventQueue<E> {
         let fifo_first = self.periodic.front().map(|(at, seq, _)| (*at, *seq));
         match (heap_first, fifo_first) {
             (Some(h), Some(f)) if f < h => self.pop_periodic(),
-            (Some(_), _) => self.heap.pop().map(|Reverse(Entry(at, _, e))| (at, e)),
+            (Some(_), _) => {
+                let popped = self.heap.pop().map(|Reverse(Entry(at, _, e))| (at, e));
+                // A run's queue drains towards its end (nothing is drawn past it).
+                self.heap.shrink_gently();
+                popped
+            }
             (None, Some(_)) => self.pop_periodic(),
             (None, None) => None,
         }
