@@ -51,13 +51,13 @@ impl Controller {
         }
         let version_changed = old.spec.version != spec.version;
         let limit_delta = spec.memory_bytes_limit as i64 - old.spec.memory_bytes_limit as i64;
-        if old.spec.depends_on != spec.depends_on {
+        if old.spec.depends_on() != spec.depends_on.as_slice() {
             let depth = self.dependencies.set(id, &spec.depends_on)?;
             self.agent_expect(id).depth = depth;
         }
         let node = self.agent_ref(id).and_then(|a| a.node);
         let agent = self.agent_expect(id);
-        agent.spec = spec;
+        agent.spec = spec.into();
         let version = agent.spec.version;
         let phase = agent.phase;
         let mut over_cap = false;

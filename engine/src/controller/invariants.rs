@@ -70,8 +70,8 @@ impl Controller {
                         claims: agent.node,
                     });
                 }
-                if !agent.spec.allowed_zones.is_empty()
-                    && !agent.spec.allowed_zones.contains(&node.spec.zone)
+                if !agent.spec.allowed_zones().is_empty()
+                    && !agent.spec.allowed_zones().contains(&node.spec.zone)
                 {
                     return Err(InvariantViolation::ZoneConstraint {
                         agent: agent_id,

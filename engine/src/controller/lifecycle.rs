@@ -369,7 +369,7 @@ impl Controller {
         let Some(agent) = self.agent_ref(id) else {
             return false;
         };
-        agent.spec.depends_on.iter().all(|d| {
+        agent.spec.depends_on().iter().all(|d| {
             self.agent_ref(*d)
                 .is_some_and(|a| a.phase == Phase::Running)
         })

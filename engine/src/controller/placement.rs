@@ -82,8 +82,8 @@ impl Controller {
                                 node.stop_placing_bytes
                             }
                         && node.starting < max_starts
-                        && (spec.allowed_zones.is_empty()
-                            || spec.allowed_zones.contains(&node.spec.zone));
+                        && (spec.allowed_zones().is_empty()
+                            || spec.allowed_zones().contains(&node.spec.zone));
                     if fits {
                         let capacity = node.spec.memory_bytes_capacity;
                         let headroom_permille =

@@ -1,9 +1,11 @@
 //! What the controller remembers about each agent and node.
 
 use crate::command::{StartReason, StopReason};
-use crate::id::{AgentId, CommandId, Instance, NodeId, RolloutId, SnapshotId, Version};
+use crate::id::{
+    AgentId, CommandId, Instance, NodeId, RolloutId, SnapshotId, TenantId, Version, ZoneId,
+};
 use crate::postmortem::{Cause, MemoryPoint, Rung, Timeline};
-use crate::spec::{AgentSpec, NodeSpec};
+use crate::spec::{AgentSpec, NodeSpec, Priority};
 use crate::time::Millis;
 
 /// Memory samples kept per agent for post-mortems.
@@ -13,7 +15,7 @@ pub(crate) const VERSION_CACHE: usize = 4;
 
 #[derive(Debug)]
 pub(crate) struct Agent {
-    pub spec: AgentSpec,
+    pub spec: StoredSpec,
     /// Longest dependency chain below this agent; lower depths start first.
     pub depth: u16,
     pub phase: Phase,
@@ -45,6 +47,71 @@ pub(crate) struct Agent {
     /// Holds one of the fleet's and its node's start slots.
     pub counted_starting: bool,
     pub rollout: Option<RolloutId>,
+}
+
+/// An [`AgentSpec`] as the controller keeps it: the same fields, with the two lists that
+/// most agents leave empty (dependencies, allowed zones) behind one optional pointer, which
+/// takes 40 bytes off every agent of a fleet.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct StoredSpec {
+    pub id: AgentId,
+    pub tenant: TenantId,
+    pub class: u16,
+    pub priority: Priority,
+    pub memory_bytes_limit: u64,
+    pub memory_bytes_request: u64,
+    pub version: Version,
+    constraints: Option<Box<Constraints>>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Constraints {
+    depends_on: Box<[AgentId]>,
+    allowed_zones: Box<[ZoneId]>,
+}
+
+impl StoredSpec {
+    /// Agents that must run before this one starts.
+    pub(crate) fn depends_on(&self) -> &[AgentId] {
+        self.constraints.as_ref().map_or(&[], |c| &c.depends_on)
+    }
+
+    /// Zones this agent may run in; empty means any.
+    pub(crate) fn allowed_zones(&self) -> &[ZoneId] {
+        self.constraints.as_ref().map_or(&[], |c| &c.allowed_zones)
+    }
+}
+
+impl From<AgentSpec> for StoredSpec {
+    fn from(spec: AgentSpec) -> StoredSpec {
+        let AgentSpec {
+            id,
+            tenant,
+            class,
+            priority,
+            memory_bytes_limit,
+            memory_bytes_request,
+            version,
+            depends_on,
+            allowed_zones,
+        } = spec;
+        let constraints = (!depends_on.is_empty() || !allowed_zones.is_empty()).then(|| {
+            Box::new(Constraints {
+                depends_on: depends_on.into_boxed_slice(),
+                allowed_zones: allowed_zones.into_boxed_slice(),
+            })
+        });
+        StoredSpec {
+            id,
+            tenant,
+            class,
+            priority,
+            memory_bytes_limit,
+            memory_bytes_request,
+            version,
+            constraints,
+        }
+    }
 }
 
 /// Where the agent is in its life.
@@ -172,7 +239,7 @@ impl Agent {
         let reservation_bytes = spec.memory_bytes_request.min(spec.memory_bytes_limit);
         Agent {
             version: spec.version,
-            spec,
+            spec: spec.into(),
             depth,
             phase: Phase::Parked,
             instance: Instance(0),
@@ -252,5 +319,17 @@ impl Node {
             .unwrap_or(VERSION_CACHE - 1);
         self.versions.copy_within(0..position, 1);
         self.versions[0] = Some(version);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agent_takes_400_bytes() {
+        // Every agent of a fleet holds one: a field that grows it should be worth it.
+        assert_eq!(std::mem::size_of::<StoredSpec>(), 48);
+        assert_eq!(std::mem::size_of::<Agent>(), 400);
     }
 }

@@ -178,7 +178,7 @@ impl Controller {
         let agent = self.agent_ref(id)?;
         agent
             .spec
-            .allowed_zones
+            .allowed_zones()
             .is_empty()
             .then_some((agent.spec.memory_bytes_limit, agent.reservation_bytes))
     }
