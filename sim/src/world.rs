@@ -252,7 +252,7 @@ impl PodHot {
             attention_at: Millis::ZERO,
             class: agent.class,
             live: agent.process.is_some(),
-            slow: agent.trace.is_some() || agent.process.is_some_and(|p| p.memory_high.is_some()),
+            slow: agent.trace().is_some() || agent.process.is_some_and(|p| p.throttled()),
             summed: false,
         }
     }
@@ -303,6 +303,15 @@ pub fn skip_band(last: u64, deadband: f64) -> (u64, u64) {
     (last.saturating_sub(d), last.saturating_add(d))
 }
 
+impl Process {
+    /// `memory.high` of a process nobody throttled.
+    pub const UNTHROTTLED: u64 = u64::MAX;
+
+    pub fn throttled(&self) -> bool {
+        self.memory_high != Process::UNTHROTTLED
+    }
+}
+
 /// A pod the engine started: one instance of an agent on a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pod {
@@ -325,7 +334,10 @@ pub struct Process {
     pub state: ProcessState,
     pub started_at: Millis,
     pub ready_at: Millis,
-    pub memory_high: Option<u64>,
+    /// The cgroup's `memory.high` set by a throttle: memory is held at or below it.
+    /// [`Process::UNTHROTTLED`] (the kernel's "max") until then; a plain `u64`, not an
+    /// `Option`, to keep 8 bytes off every agent.
+    pub memory_high: u64,
 }
 
 #[derive(Debug)]
@@ -348,8 +360,11 @@ pub struct SimAgent {
     /// Last memory value forwarded to the engine.
     pub last_fed_bytes: u64,
     pub last_fed_at: Millis,
-    /// Index of the replayed memory series and its phase offset, when the class replays one.
-    pub trace: Option<(u32, u64)>,
+    /// Index of the replayed memory series ([`SimAgent::NO_TRACE`] when the class replays
+    /// none) and its phase offset: two fields rather than an `Option` of a pair, which would
+    /// take 8 bytes more in every agent.
+    trace_series: u32,
+    trace_phase: u64,
 }
 
 impl SimAgent {
@@ -369,8 +384,37 @@ impl SimAgent {
         lives: 0,
         last_fed_bytes: 0,
         last_fed_at: Millis::ZERO,
-        trace: None,
+        trace_series: SimAgent::NO_TRACE,
+        trace_phase: 0,
     };
+
+    const NO_TRACE: u32 = u32::MAX;
+
+    /// An agent of `class` whose memory starts from `baseline_bytes`, replaying series
+    /// `trace.0` at phase `trace.1` if it has a trace.
+    pub fn desired(class: u16, baseline_bytes: u64, trace: Option<(u32, u64)>) -> SimAgent {
+        if let Some((series, _)) = trace {
+            assert_ne!(
+                series,
+                SimAgent::NO_TRACE,
+                "a trace holds fewer than 2^32 - 1 series"
+            );
+        }
+        let (trace_series, trace_phase) = trace.unwrap_or((SimAgent::NO_TRACE, 0));
+        SimAgent {
+            class,
+            desired: true,
+            baseline_bytes,
+            trace_series,
+            trace_phase,
+            ..SimAgent::ABSENT
+        }
+    }
+
+    /// The replayed memory series and phase offset, when the class replays one.
+    pub fn trace(&self) -> Option<(u32, u64)> {
+        (self.trace_series != SimAgent::NO_TRACE).then_some((self.trace_series, self.trace_phase))
+    }
 
     pub fn serving(&self) -> bool {
         self.process
@@ -422,7 +466,7 @@ pub fn modelled_memory(
         0
     };
     let memory = agent.baseline_bytes + growth + spike;
-    process.memory_high.map_or(memory, |high| memory.min(high))
+    memory.min(process.memory_high)
 }
 
 /// `a * b / c` rounded down, exactly as computed in `u128` (truncated to `u64`). In 64 bits
@@ -450,7 +494,14 @@ pub fn naive_agents_per_node(scenario: &Scenario) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{mul_div, skip_band};
+    use super::{Process, SimAgent, mul_div, skip_band};
+
+    #[test]
+    fn an_agent_takes_120_bytes() {
+        // Every agent of a fleet holds one: a field that grows it should be worth it.
+        assert_eq!(std::mem::size_of::<SimAgent>(), 120);
+        assert_eq!(std::mem::size_of::<Option<Process>>(), 32);
+    }
 
     #[test]
     fn skip_band_holds_only_values_the_deadband_swallows() {

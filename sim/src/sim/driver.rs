@@ -111,7 +111,7 @@ impl Simulation {
                 if a.pod.is_some_and(|p| p.instance == instance)
                     && let Some(process) = a.process.as_mut()
                 {
-                    process.memory_high = Some(memory_bytes_high);
+                    process.memory_high = memory_bytes_high;
                     self.sync_hot(agent);
                 }
             }

@@ -13,7 +13,7 @@ impl Simulation {
                 class.faults.config_corruptions_per_day,
                 Component::ConfigCorruption,
             ),
-            FaultKind::Spike if self.agents[agent].trace.is_some() => (0.0, Component::Spike),
+            FaultKind::Spike if self.agents[agent].trace().is_some() => (0.0, Component::Spike),
             FaultKind::Spike => (class.memory.spikes_per_day, Component::Spike),
         };
         let u = self.draw_unit(agent, component);

@@ -177,12 +177,12 @@ impl Simulation {
         let agent = &self.agents[id];
         let process = agent.process.as_ref()?;
         let class = &self.classes[usize::from(agent.class)];
-        Some(match agent.trace {
+        Some(match agent.trace() {
             Some((series, phase)) => {
                 let trace = &self.series[self.class_trace[usize::from(agent.class)]
                     .expect("trace index set with the agent")];
                 let value = trace.value_at(series as usize, self.now.0 + phase, class.limit_bytes);
-                process.memory_high.map_or(value, |high| value.min(high))
+                value.min(process.memory_high)
             }
             None => modelled_memory(agent, class, process, self.now),
         })

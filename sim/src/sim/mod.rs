@@ -536,13 +536,7 @@ impl Simulation {
                 self.streams.u64(Component::TraceAssignment, id.0, 1) % series.period_ms().max(1);
             ((pick % series.len() as u64) as u32, phase)
         });
-        let agent = SimAgent {
-            class,
-            desired: true,
-            baseline_bytes: baseline,
-            trace,
-            ..SimAgent::ABSENT
-        };
+        let agent = SimAgent::desired(class, baseline, trace);
         self.agents.insert(id, agent, counters);
         let class_model = &self.classes[usize::from(class)];
         let spec = AgentSpec {

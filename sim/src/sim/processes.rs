@@ -203,7 +203,7 @@ impl Simulation {
             state: ProcessState::Booting,
             started_at,
             ready_at: Millis::MAX,
-            memory_high: None,
+            memory_high: Process::UNTHROTTLED,
         });
         self.sync_hot(id);
         self.queue
