@@ -204,30 +204,61 @@ impl Snapshots {
     }
 }
 
-/// A ring of recent memory samples.
+/// A ring of recent memory samples: the last [`MEMORY_HISTORY`], none taken more than
+/// `u32::MAX` ms (49.7 days) before the newest.
+///
+/// Each sample's time is kept as its age before the newest one, in 32 bits: 24 bytes less in
+/// every agent than full times. A sample that would age past the bound is dropped; an agent
+/// sampled so rarely has nothing in its last eight samples a post-mortem could use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct MemoryHistory {
-    points: [(u64, u64); MEMORY_HISTORY],
+    newest_at: Millis,
+    /// Per slot, how long before `newest_at` its sample was taken, in ms.
+    ages: [u32; MEMORY_HISTORY],
+    bytes: [u64; MEMORY_HISTORY],
     next: u8,
     len: u8,
 }
 
 impl MemoryHistory {
+    /// Adds a sample taken at `at`, no earlier than the newest one.
     pub(crate) fn push(&mut self, at: Millis, memory_bytes: u64) {
-        self.points[usize::from(self.next)] = (at.0, memory_bytes);
-        self.next = ((usize::from(self.next) + 1) % MEMORY_HISTORY) as u8;
-        self.len = (usize::from(self.len) + 1).min(MEMORY_HISTORY) as u8;
+        debug_assert!(
+            self.len == 0 || at >= self.newest_at,
+            "samples arrive in time order"
+        );
+        let shift = at.saturating_since(self.newest_at).0;
+        // Oldest first: ages only fall from there, so the samples that age out are the oldest.
+        let mut kept = usize::from(self.len);
+        for k in 0..usize::from(self.len) {
+            let slot = self.slot(k);
+            match u32::try_from(u64::from(self.ages[slot]) + shift) {
+                Ok(age) => self.ages[slot] = age,
+                Err(_) => kept -= 1,
+            }
+        }
+        let next = usize::from(self.next);
+        self.ages[next] = 0;
+        self.bytes[next] = memory_bytes;
+        self.newest_at = at;
+        self.next = ((next + 1) % MEMORY_HISTORY) as u8;
+        self.len = (kept + 1).min(MEMORY_HISTORY) as u8;
     }
 
-    pub(crate) fn to_vec(self) -> Vec<MemoryPoint> {
+    /// The slot of the `k`-th kept sample, oldest first.
+    fn slot(&self, k: usize) -> usize {
         let len = usize::from(self.len);
-        let start = (usize::from(self.next) + MEMORY_HISTORY - len) % MEMORY_HISTORY;
-        (0..len)
+        (usize::from(self.next) + MEMORY_HISTORY - len + k) % MEMORY_HISTORY
+    }
+
+    /// The kept samples, oldest first.
+    pub(crate) fn to_vec(self) -> Vec<MemoryPoint> {
+        (0..usize::from(self.len))
             .map(|k| {
-                let (at, memory_bytes) = self.points[(start + k) % MEMORY_HISTORY];
+                let slot = self.slot(k);
                 MemoryPoint {
-                    at: Millis(at),
-                    memory_bytes,
+                    at: Millis(self.newest_at.0 - u64::from(self.ages[slot])),
+                    memory_bytes: self.bytes[slot],
                 }
             })
             .collect()
@@ -327,9 +358,64 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_agent_takes_400_bytes() {
+    fn an_agent_takes_376_bytes() {
         // Every agent of a fleet holds one: a field that grows it should be worth it.
         assert_eq!(std::mem::size_of::<StoredSpec>(), 48);
-        assert_eq!(std::mem::size_of::<Agent>(), 400);
+        assert_eq!(std::mem::size_of::<MemoryHistory>(), 112);
+        assert_eq!(std::mem::size_of::<Agent>(), 376);
+    }
+
+    fn points(history: MemoryHistory) -> Vec<(u64, u64)> {
+        history
+            .to_vec()
+            .into_iter()
+            .map(|p| (p.at.0, p.memory_bytes))
+            .collect()
+    }
+
+    #[test]
+    fn the_history_keeps_the_last_samples_exactly() {
+        let mut history = MemoryHistory::default();
+        assert!(points(history).is_empty());
+        let mut all = Vec::new();
+        let mut at = 5_u64;
+        for k in 0..20_u64 {
+            at += k * 7_919 + 1;
+            let bytes = (k + 1) * 1_000_000_007;
+            history.push(Millis(at), bytes);
+            all.push((at, bytes));
+            let expected = &all[all.len().saturating_sub(MEMORY_HISTORY)..];
+            assert_eq!(points(history), expected);
+        }
+        // Two samples at the same time are both kept.
+        history.push(Millis(at), 1);
+        assert_eq!(points(history).last(), Some(&(at, 1)));
+        assert_eq!(
+            points(history)[MEMORY_HISTORY - 2],
+            (at, 20 * 1_000_000_007)
+        );
+    }
+
+    #[test]
+    fn a_sample_older_than_the_age_bound_is_dropped() {
+        let mut history = MemoryHistory::default();
+        let bound = u64::from(u32::MAX);
+        history.push(Millis(1_000), 10);
+        history.push(Millis(2_000), 20);
+        // The first sample is exactly at the bound: kept.
+        history.push(Millis(1_000 + bound), 30);
+        assert_eq!(
+            points(history),
+            [(1_000, 10), (2_000, 20), (1_000 + bound, 30)]
+        );
+        // Now it is one past it, the second one still within.
+        history.push(Millis(1_001 + bound), 40);
+        assert_eq!(
+            points(history),
+            [(2_000, 20), (1_000 + bound, 30), (1_001 + bound, 40)]
+        );
+        // A gap longer than the bound leaves the new sample alone.
+        history.push(Millis(10 * bound), 50);
+        assert_eq!(points(history), [(10 * bound, 50)]);
     }
 }
