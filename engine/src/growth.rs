@@ -13,7 +13,7 @@
 //! ([`GrowGently::shrink_gently`]), so a transient does not stay in the peak for the rest of
 //! the run.
 
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 
 /// Below this many elements, the slack of doubling is not worth a reallocation per push.
 const SMALL: usize = 16;
@@ -41,6 +41,20 @@ pub trait GrowGently {
 }
 
 impl<T> GrowGently for Vec<T> {
+    fn grow_gently(&mut self) {
+        if self.len() == self.capacity() {
+            self.reserve_exact(step(self.len()));
+        }
+    }
+
+    fn shrink_gently(&mut self) {
+        if worth_shrinking(self.len(), self.capacity()) {
+            self.shrink_to(self.len() + step(self.len()));
+        }
+    }
+}
+
+impl<T> GrowGently for VecDeque<T> {
     fn grow_gently(&mut self) {
         if self.len() == self.capacity() {
             self.reserve_exact(step(self.len()));

@@ -15,6 +15,7 @@
 //! very logic production runs, and lets production journals be replayed.
 
 mod command;
+pub mod command_map;
 mod config;
 mod controller;
 mod digest;

@@ -20,6 +20,7 @@ pub use invariants::InvariantViolation;
 pub use topology::Domain;
 
 use crate::command::Command;
+use crate::command_map::CommandMap;
 use crate::config::EngineConfig;
 use crate::error::{ConfigError, EngineError};
 use crate::id::{AgentId, CommandId, Instance, NodeId, RolloutId, SnapshotId};
@@ -71,7 +72,7 @@ pub struct Controller {
     timers: Timers<Timer>,
     commands: VecDeque<Command>,
     last_command: u64,
-    in_flight: BTreeMap<CommandId, InFlight>,
+    in_flight: CommandMap<InFlight>,
     queue: StartQueue,
     /// Agents that found no node, offered placement again on a timer.
     unplaced: BTreeSet<AgentId>,
@@ -228,7 +229,7 @@ impl Controller {
             timers: Timers::default(),
             commands: VecDeque::new(),
             last_command: 0,
-            in_flight: BTreeMap::new(),
+            in_flight: CommandMap::default(),
             queue: StartQueue::default(),
             unplaced: BTreeSet::new(),
             awaiting_dependencies: BTreeSet::new(),
@@ -531,5 +532,13 @@ impl Controller {
     fn arm_agent_timer(&mut self, at: Millis, make: impl FnOnce(u32) -> Timer, agent: AgentId) {
         let generation = self.agent_expect(agent).generation;
         self.timers.set(at, make(generation));
+    }
+
+    /// An agent's next snapshot, one snapshot interval from now: set in deadline order, so it
+    /// rides the timers' FIFO lane.
+    fn arm_snapshot_timer(&mut self, at: Millis, agent: AgentId) {
+        let generation = self.agent_expect(agent).generation;
+        self.timers
+            .set_in_order(at, Timer::Snapshot { agent, generation });
     }
 }

@@ -37,14 +37,7 @@ impl Controller {
             },
             id,
         );
-        self.arm_agent_timer(
-            now + snapshot_every,
-            |generation| Timer::Snapshot {
-                agent: id,
-                generation,
-            },
-            id,
-        );
+        self.arm_snapshot_timer(now + snapshot_every, id);
         self.wake_dependents();
         Ok(())
     }
@@ -122,7 +115,7 @@ impl Controller {
             self.on_warmed(node, outcome);
             return;
         }
-        let Some(flight) = self.in_flight.remove(&command) else {
+        let Some(flight) = self.in_flight.remove(command) else {
             self.stats.stale_inputs += 1;
             return;
         };
@@ -219,14 +212,7 @@ impl Controller {
         }
         self.take_snapshot(id, false);
         let at = self.now + Millis(self.config.recovery.snapshot_interval_ms);
-        self.arm_agent_timer(
-            at,
-            |generation| Timer::Snapshot {
-                agent: id,
-                generation,
-            },
-            id,
-        );
+        self.arm_snapshot_timer(at, id);
     }
 
     pub(super) fn take_snapshot(&mut self, id: AgentId, known_good: bool) {

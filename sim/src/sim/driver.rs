@@ -149,7 +149,7 @@ impl Simulation {
             snapshot,
             reason,
             warm,
-        }) = self.orders.remove(&command)
+        }) = self.orders.remove(command)
         else {
             return;
         };
@@ -222,7 +222,7 @@ impl Simulation {
     }
 
     pub(super) fn warm_done(&mut self, command: CommandId) {
-        let Some(Order::WarmUp { node }) = self.orders.remove(&command) else {
+        let Some(Order::WarmUp { node }) = self.orders.remove(command) else {
             return;
         };
         let up = self.nodes[node.index()].up;
@@ -258,7 +258,7 @@ impl Simulation {
             node,
             snapshot,
             reason,
-        }) = self.orders.remove(&command)
+        }) = self.orders.remove(command)
         else {
             return;
         };
@@ -268,7 +268,7 @@ impl Simulation {
         }
         if let Some(start) = self.pending_starts.remove(&(id, instance)) {
             // The pod was still being created: the stop cancels it and it never runs.
-            self.orders.remove(&start);
+            self.orders.remove(start);
             self.finish(start, Outcome::Failed);
         }
         let agent = &self.agents[id];
@@ -305,7 +305,7 @@ impl Simulation {
             node,
             snapshot,
             life,
-        }) = self.orders.remove(&command)
+        }) = self.orders.remove(command)
         else {
             return;
         };

@@ -20,6 +20,7 @@ use crate::trace::{MemorySeries, Replays, TraceEvent, TraceEventKind};
 use crate::world::{
     AgentTable, ClassModel, Pod, PodHot, Process, ProcessState, SimAgent, SimNode, modelled_memory,
 };
+use carapace_engine::command_map::CommandMap;
 use carapace_engine::{
     AgentId, AgentSpec, Command, CommandId, Controller, EngineError, Input, Instance, Millis,
     NodeId, NodeSpec, Outcome, Priority, RegionId, RolloutId, RolloutSpec, SnapshotId, StartReason,
@@ -212,7 +213,7 @@ pub struct Simulation {
     controller_wake: Option<Millis>,
     /// The leading controller's failures: what it was not told while none led.
     failover: failover::Failover,
-    orders: BTreeMap<CommandId, Order>,
+    orders: CommandMap<Order>,
     /// Starts still being carried out, by the instance they create: a stop of that instance
     /// cancels its start, as a real node serialises operations on one pod.
     pending_starts: BTreeMap<(AgentId, Instance), CommandId>,
@@ -316,7 +317,7 @@ impl Simulation {
             end,
             controller_wake: None,
             failover: failover::Failover::default(),
-            orders: BTreeMap::new(),
+            orders: CommandMap::default(),
             pending_starts: BTreeMap::new(),
             poisoned_snapshots: BTreeSet::new(),
             broken_versions: BTreeSet::new(),
