@@ -40,6 +40,12 @@ impl SteadySum {
 
     /// `(q, r)` of `growth × at` divided by a day.
     fn split(&self, at: Millis) -> (u64, u64) {
+        // In 64 bits when the product fits, as it does for every realistic growth and run
+        // length: dividing a u128 is a call into compiler builtins, and every node's tick
+        // asks this once per class.
+        if let Some(product) = self.growth_bytes_per_day.checked_mul(at.0) {
+            return (product / DAY_MS as u64, product % DAY_MS as u64);
+        }
         let product = u128::from(self.growth_bytes_per_day) * u128::from(at.0);
         // The quotient is the growth over `at` in bytes: it fits whenever a process's memory
         // does, as the model's memory must.
