@@ -28,7 +28,7 @@ fn worth_shrinking(len: usize, capacity: usize) -> bool {
     capacity > SMALL * 4 && len <= capacity / 4 * 3
 }
 
-/// Growth by an eighth, and shrinking back when half empty.
+/// Growth by an eighth, and shrinking back once a quarter is unused.
 pub trait GrowGently {
     /// Makes room for one more element, by an eighth of the length when full.
     fn grow_gently(&mut self);
@@ -40,47 +40,27 @@ pub trait GrowGently {
     fn shrink_gently(&mut self);
 }
 
-impl<T> GrowGently for Vec<T> {
-    fn grow_gently(&mut self) {
-        if self.len() == self.capacity() {
-            self.reserve_exact(step(self.len()));
-        }
-    }
+/// The same two methods for each collection: they share the inherent `len`, `capacity`,
+/// `reserve_exact` and `shrink_to`, but no trait that has them.
+macro_rules! grow_gently {
+    ($($collection:ident<T $(: $bound:ident)?>),*) => {$(
+        impl<T $(: $bound)?> GrowGently for $collection<T> {
+            fn grow_gently(&mut self) {
+                if self.len() == self.capacity() {
+                    self.reserve_exact(step(self.len()));
+                }
+            }
 
-    fn shrink_gently(&mut self) {
-        if worth_shrinking(self.len(), self.capacity()) {
-            self.shrink_to(self.len() + step(self.len()));
+            fn shrink_gently(&mut self) {
+                if worth_shrinking(self.len(), self.capacity()) {
+                    self.shrink_to(self.len() + step(self.len()));
+                }
+            }
         }
-    }
+    )*};
 }
 
-impl<T> GrowGently for VecDeque<T> {
-    fn grow_gently(&mut self) {
-        if self.len() == self.capacity() {
-            self.reserve_exact(step(self.len()));
-        }
-    }
-
-    fn shrink_gently(&mut self) {
-        if worth_shrinking(self.len(), self.capacity()) {
-            self.shrink_to(self.len() + step(self.len()));
-        }
-    }
-}
-
-impl<T: Ord> GrowGently for BinaryHeap<T> {
-    fn grow_gently(&mut self) {
-        if self.len() == self.capacity() {
-            self.reserve_exact(step(self.len()));
-        }
-    }
-
-    fn shrink_gently(&mut self) {
-        if worth_shrinking(self.len(), self.capacity()) {
-            self.shrink_to(self.len() + step(self.len()));
-        }
-    }
-}
+grow_gently!(Vec<T>, VecDeque<T>, BinaryHeap<T: Ord>);
 
 #[cfg(test)]
 mod tests {
