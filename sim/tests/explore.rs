@@ -2,7 +2,7 @@
 //! `scripts/test`) a handful of swarm seeds of smoke find two live copies of an agent and
 //! shrink them to a few agents; without it the very same seeds pass, deterministically.
 
-use carapace_engine::{AgentStatus, Millis};
+use carapace_engine::Millis;
 use carapace_sim::Simulation;
 use carapace_sim::explore::{self, Checks, Failure};
 use carapace_sim::scenario::{self, Scenario};
@@ -116,6 +116,8 @@ fn no_fault_arrives_after_faults_stop() {
     );
 }
 
+// The planted bug fails these runs on safety first: they judge the real engine's liveness.
+#[cfg(not(feature = "planted-bug"))]
 #[test]
 fn a_quiet_tail_shorter_than_recovery_fails_liveness() {
     // Config corruptions until the last millisecond: at the end of some seeds an agent is
@@ -153,8 +155,10 @@ fn a_quiet_tail_shorter_than_recovery_fails_liveness() {
 /// A density move the engine starts in the quiet tail (memory keeps growing after the
 /// faults stop) is in flight at the end, not a liveness failure: swarm seed 143 of
 /// trace-replay stops agent-620 for a migration in the run's last millisecond.
+#[cfg(not(feature = "planted-bug"))]
 #[test]
 fn a_move_started_in_the_quiet_tail_is_in_flight_not_stuck() {
+    use carapace_engine::AgentStatus;
     let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/traces/raw");
     assert!(
         shared.is_dir(),
