@@ -49,22 +49,20 @@ pub(crate) struct Agent {
     pub rollout: Option<RolloutId>,
 }
 
-/// An [`AgentSpec`] as the controller keeps it: the same fields, with the two lists that
-/// most agents leave empty (dependencies, allowed zones) behind one optional pointer, which
-/// takes 40 bytes off every agent of a fleet.
-#[derive(Debug, PartialEq, Eq)]
+/// An [`AgentSpec`] as the controller keeps it: the fields it reads after creation (not the
+/// class, nor the request, which only seeds the reservation), with the two lists that most
+/// agents leave empty (dependencies, allowed zones) behind one optional pointer.
+#[derive(Debug)]
 pub(crate) struct StoredSpec {
     pub id: AgentId,
     pub tenant: TenantId,
-    pub class: u16,
     pub priority: Priority,
     pub memory_bytes_limit: u64,
-    pub memory_bytes_request: u64,
     pub version: Version,
     constraints: Option<Box<Constraints>>,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 struct Constraints {
     depends_on: Box<[AgentId]>,
     allowed_zones: Box<[ZoneId]>,
@@ -87,10 +85,10 @@ impl From<AgentSpec> for StoredSpec {
         let AgentSpec {
             id,
             tenant,
-            class,
+            class: _,
             priority,
             memory_bytes_limit,
-            memory_bytes_request,
+            memory_bytes_request: _,
             version,
             depends_on,
             allowed_zones,
@@ -104,10 +102,8 @@ impl From<AgentSpec> for StoredSpec {
         StoredSpec {
             id,
             tenant,
-            class,
             priority,
             memory_bytes_limit,
-            memory_bytes_request,
             version,
             constraints,
         }
@@ -358,11 +354,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_agent_takes_376_bytes() {
+    fn an_agent_takes_368_bytes() {
         // Every agent of a fleet holds one: a field that grows it should be worth it.
-        assert_eq!(std::mem::size_of::<StoredSpec>(), 48);
+        assert_eq!(std::mem::size_of::<StoredSpec>(), 40);
         assert_eq!(std::mem::size_of::<MemoryHistory>(), 112);
-        assert_eq!(std::mem::size_of::<Agent>(), 376);
+        assert_eq!(std::mem::size_of::<Agent>(), 368);
     }
 
     fn points(history: MemoryHistory) -> Vec<(u64, u64)> {
